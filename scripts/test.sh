@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh machine, then runs the whole suite:
+# unit and integration tests (cargo), then interop with mosquitto clients and paho-mqtt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- set-up (idempotent) ---------------------------------------------------------------------
+need_apt=()
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
+  python3 -m pip install -q -r interop/requirements.txt
+fi
+
+# --- tests ------------------------------------------------------------------------------------
+cargo build --bins
+cargo test --all-targets 2>&1 | tee target/cargo-test.log
+APIARY_BIN=target/debug/apiary bash interop/run.sh

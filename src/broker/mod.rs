@@ -1,0 +1,919 @@
+//! The broker: sessions, subscriptions, retained messages, wills and shared subscriptions of
+//! one node, behind one lock.
+//!
+//! Connection tasks call in with what their client did (connect, publish, subscribe, acks,
+//! disconnect) and get back what to answer and a store [`Ticket`] to wait for before answering.
+//! Packets for other clients go out through each connection's [`Outbound`] channel. All I/O
+//! (sockets, disk) happens elsewhere; every change here is a plain in-memory step plus a list
+//! of [`session::Effects`].
+
+pub mod message;
+pub mod session;
+pub mod topic_tree;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::config::{MqttConfig, Restrictions, Security};
+use crate::mqtt::{self, QoS, SubscriptionOptions, reason};
+use crate::store::records::{OutgoingRecord, SubscriptionRecord, WillRecord};
+use crate::store::{Loaded, Store, StoreError, StoreOp, Ticket};
+use message::{Message, now_ms};
+use session::{ConnectionHandle, Effects, Outbound, QueueLimits, Session};
+use topic_tree::TopicTree;
+
+/// The settings the broker applies, from config.xml.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub mqtt: MqttConfig,
+    pub restrictions: Restrictions,
+    pub security: Security,
+}
+
+/// Who a subscription in the topic tree belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Subscriber {
+    Client(Arc<str>),
+    /// A shared subscription group, by its full `$share/{group}/{filter}` string.
+    Shared(Arc<str>),
+}
+
+/// The members of one shared subscription, served round-robin.
+#[derive(Debug, Default)]
+struct SharedGroup {
+    members: Vec<Arc<str>>,
+    next: usize,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<Arc<str>, Session>,
+    tree: TopicTree<Subscriber, SubscriptionRecord>,
+    shared: HashMap<Arc<str>, SharedGroup>,
+    retained: HashMap<String, Arc<Message>>,
+    /// Sequence numbers order every message handed to a session.
+    next_seq: u64,
+}
+
+impl State {
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+}
+
+/// A timer the broker asks for; it carries the session generation so a stale one is ignored.
+#[derive(Debug, Clone)]
+enum Timer {
+    Will {
+        client: Arc<str>,
+        generation: u64,
+        delay: Duration,
+    },
+    Expiry {
+        client: Arc<str>,
+        generation: u64,
+        after: Duration,
+    },
+}
+
+pub struct Broker {
+    state: Mutex<State>,
+    settings: Settings,
+    store: Option<Store>,
+    next_connection_id: AtomicU64,
+    connections: AtomicUsize,
+    /// Set when the node stops: pending timers then do nothing.
+    stopped: AtomicBool,
+}
+
+/// What a client asks for in CONNECT, after validation.
+pub struct ConnectRequest {
+    pub client_id: Arc<str>,
+    pub clean_start: bool,
+    /// Session expiry interval, already capped by the configured maximum.
+    pub expiry_interval: u32,
+    pub will: Option<WillRecord>,
+    pub connection: ConnectionHandle,
+}
+
+pub struct ConnectOutcome {
+    pub session_present: bool,
+    pub ticket: Ticket,
+}
+
+pub struct PublishOutcome {
+    pub ticket: Ticket,
+    /// At least one subscription matched (MQTT 5: reason 0x10 otherwise).
+    pub matched: bool,
+    /// A QoS 2 resend of a packet id already received; it was not delivered again.
+    pub duplicate: bool,
+}
+
+/// A snapshot of one session, for the admin API and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub connected: bool,
+    pub queued: usize,
+    pub inflight: usize,
+    pub subscriptions: usize,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// DISCONNECT with reason 0x00: the will is discarded [MQTT-3.1.2-10].
+    Normal,
+    /// DISCONNECT 0x04, a protocol error, a lost socket, a keep-alive timeout: the will is published.
+    WithWill,
+}
+
+impl Broker {
+    /// A broker with the state read back from disk (or empty) and its timers started. Must be
+    /// called inside a tokio runtime.
+    pub fn new(settings: Settings, store: Option<Store>, loaded: Loaded) -> Arc<Broker> {
+        let broker = Arc::new(Broker {
+            state: Mutex::new(State::default()),
+            settings,
+            store,
+            next_connection_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        broker.restore(loaded);
+        broker
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug; keep serving rather than cascade it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_queue_size: self.settings.mqtt.max_queue_size,
+            strategy: self.settings.mqtt.queue_strategy,
+        }
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a new network connection against `max-connections`; false if the limit is reached.
+    pub fn try_admit_connection(&self) -> bool {
+        let max = self.settings.restrictions.max_connections;
+        if max < 0 {
+            self.connections.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                ((n as i64) < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn release_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Waits until everything up to the ticket is on disk (at once without file persistence).
+    pub async fn wait(&self, ticket: Ticket) -> Result<(), StoreError> {
+        match &self.store {
+            Some(store) if ticket > 0 => store.wait(ticket).await,
+            _ => Ok(()),
+        }
+    }
+
+    pub fn is_committed(&self, ticket: Ticket) -> bool {
+        self.store.as_ref().is_none_or(|s| s.is_committed(ticket))
+    }
+
+    // ----- restore -----------------------------------------------------------------------
+
+    fn restore(self: &Arc<Self>, loaded: Loaded) {
+        let now = now_ms();
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        let mut timers = Vec::new();
+        for message in loaded.retained {
+            if !message.is_expired(now) {
+                state.retained.insert(message.topic.clone(), Arc::new(message));
+            }
+        }
+        for (client, loaded) in loaded.sessions {
+            if let Some(max) = loaded.outgoing.iter().map(|(seq, _)| *seq).max() {
+                state.next_seq = state.next_seq.max(max);
+            }
+            let session = Session::restore(
+                client.clone(),
+                &loaded.record,
+                loaded.outgoing,
+                loaded.incoming_qos2,
+                now,
+            );
+            let gone_for = Duration::from_millis(now.saturating_sub(session.disconnected_at_ms.unwrap_or(now)));
+            state.sessions.insert(client.clone(), session);
+            for (filter, record) in loaded.subscriptions {
+                add_subscription(&mut state, &client, filter, record);
+            }
+            let Some(session) = state.sessions.get_mut(&client) else {
+                continue;
+            };
+            let generation = session.generation;
+            // The node went down without the client saying goodbye: its will is due [MQTT-3.1.2-8].
+            if let Some(will) = &session.will {
+                let delay = Duration::from_secs(u64::from(will.delay_secs)).saturating_sub(gone_for);
+                timers.push(Timer::Will {
+                    client: client.clone(),
+                    generation,
+                    delay,
+                });
+            }
+            if session.expiry_interval != u32::MAX {
+                let after = Duration::from_secs(u64::from(session.expiry_interval)).saturating_sub(gone_for);
+                timers.push(Timer::Expiry {
+                    client: client.clone(),
+                    generation,
+                    after,
+                });
+            }
+            // Record the disconnect time, so a later restart counts expiry from it.
+            let record = session.record();
+            effects.ops.push(StoreOp::PutSession(client.clone(), record));
+        }
+        tracing::info!(
+            sessions = state.sessions.len(),
+            retained = state.retained.len(),
+            "restored persistent state"
+        );
+        self.finish(&mut state, effects, timers);
+    }
+
+    // ----- connect / disconnect -----------------------------------------------------------
+
+    pub fn connect(self: &Arc<Self>, req: ConnectRequest) -> ConnectOutcome {
+        let now = now_ms();
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        let client = req.client_id.clone();
+
+        let mut session_present = false;
+        if let Some(existing) = state.sessions.get_mut(&client) {
+            let taken_over = existing.connection.take();
+            if let Some(old) = taken_over {
+                // Session takeover [MQTT-3.1.4-3]: the old connection is told and closed.
+                effects
+                    .sends
+                    .push((old.tx.clone(), Outbound::Disconnect(reason::SESSION_TAKEN_OVER), false));
+                take_shared_pending(&mut state, &client, self.limits(), now, &mut effects);
+            }
+        }
+        if let Some(existing) = state.sessions.get_mut(&client) {
+            // A will still pending from the previous connection: a new connection before the
+            // will delay ends cancels it, unless the session itself ends now [MQTT-3.1.3-9].
+            if let Some(will) = existing.will.take()
+                && (req.clean_start || will.delay_secs == 0)
+            {
+                effects.publish.push(will.message);
+            }
+            if req.clean_start {
+                remove_session(&mut state, &client, &mut effects);
+            } else {
+                session_present = true;
+            }
+        }
+        let session = state
+            .sessions
+            .entry(client.clone())
+            .or_insert_with(|| Session::new(client.clone(), req.expiry_interval));
+        let was_persistent = session.is_persistent();
+        session.expiry_interval = req.expiry_interval;
+        session.connection = Some(req.connection);
+        session.generation += 1;
+        session.disconnected_at_ms = None;
+        session.will = req.will;
+        if session.is_persistent() {
+            if was_persistent {
+                effects.ops.push(StoreOp::PutSession(client.clone(), session.record()));
+            } else {
+                effects.ops.extend(session.full_record_ops());
+            }
+        } else if was_persistent {
+            // Lives on in memory until this connection ends, but no longer on disk.
+            effects.ops.push(StoreOp::DeleteSession(client.clone()));
+        }
+        session.resume(now, &mut effects);
+        let ticket = self.finish(&mut state, effects, Vec::new());
+        ConnectOutcome {
+            session_present,
+            ticket,
+        }
+    }
+
+    /// The connection `connection_id` of `client` is gone. Ignored if the session has since
+    /// been taken over by another connection.
+    pub fn disconnect(
+        self: &Arc<Self>,
+        client: &Arc<str>,
+        connection_id: u64,
+        departure: Departure,
+        new_expiry: Option<u32>,
+    ) -> Ticket {
+        let now = now_ms();
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        let mut timers = Vec::new();
+        let Some(session) = state.sessions.get_mut(client) else {
+            return 0;
+        };
+        if session.connection.as_ref().map(|c| c.id) != Some(connection_id) {
+            return 0;
+        }
+        session.connection = None;
+        session.generation += 1;
+        session.disconnected_at_ms = Some(now);
+        if let Some(expiry) = new_expiry {
+            session.expiry_interval = expiry;
+        }
+        let generation = session.generation;
+        let expiry = session.expiry_interval;
+        if departure == Departure::Normal {
+            session.will = None;
+        }
+        take_shared_pending(&mut state, client, self.limits(), now, &mut effects);
+        let Some(session) = state.sessions.get_mut(client) else {
+            return 0;
+        };
+
+        // The will goes out after its delay or when the session ends, whichever is first
+        // [MQTT-3.1.3-9].
+        if let Some(will) = &session.will {
+            if will.delay_secs == 0 || expiry == 0 {
+                if let Some(will) = session.will.take() {
+                    effects.publish.push(will.message);
+                }
+            } else {
+                let delay = Duration::from_secs(u64::from(will.delay_secs.min(expiry)));
+                timers.push(Timer::Will {
+                    client: client.clone(),
+                    generation,
+                    delay,
+                });
+            }
+        }
+        if expiry == 0 {
+            remove_session(&mut state, client, &mut effects);
+        } else {
+            effects.ops.push(StoreOp::PutSession(client.clone(), session.record()));
+            if expiry != u32::MAX {
+                let after = Duration::from_secs(u64::from(expiry));
+                timers.push(Timer::Expiry {
+                    client: client.clone(),
+                    generation,
+                    after,
+                });
+            }
+        }
+        self.finish(&mut state, effects, timers)
+    }
+
+    /// Stops timers from acting; called once the node's connections are closed.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    fn on_timer(self: &Arc<Self>, timer: Timer) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        match timer {
+            Timer::Will { client, generation, .. } => {
+                let Some(session) = state.sessions.get_mut(&client) else {
+                    return;
+                };
+                if session.generation != generation || session.connection.is_some() {
+                    return;
+                }
+                if let Some(will) = session.will.take() {
+                    effects.publish.push(will.message);
+                    if session.is_persistent() {
+                        effects.ops.push(StoreOp::PutSession(client.clone(), session.record()));
+                    }
+                }
+            }
+            Timer::Expiry { client, generation, .. } => {
+                let Some(session) = state.sessions.get_mut(&client) else {
+                    return;
+                };
+                if session.generation != generation || session.connection.is_some() {
+                    return;
+                }
+                tracing::debug!(client = %client, "session expired");
+                if let Some(will) = session.will.take() {
+                    effects.publish.push(will.message);
+                }
+                remove_session(&mut state, &client, &mut effects);
+            }
+        }
+        self.finish(&mut state, effects, Vec::new());
+    }
+
+    // ----- publish ------------------------------------------------------------------------
+
+    /// A PUBLISH from `client`. `qos2_packet_id` is set for QoS 2 (exactly-once bookkeeping).
+    pub fn publish(
+        self: &Arc<Self>,
+        client: &Arc<str>,
+        connection_id: u64,
+        message: Message,
+        qos2_packet_id: Option<u16>,
+    ) -> PublishOutcome {
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        if let Some(pid) = qos2_packet_id {
+            let Some(session) = state.sessions.get_mut(client) else {
+                return PublishOutcome {
+                    ticket: 0,
+                    matched: false,
+                    duplicate: false,
+                };
+            };
+            if session.connection.as_ref().map(|c| c.id) != Some(connection_id) {
+                return PublishOutcome {
+                    ticket: 0,
+                    matched: false,
+                    duplicate: false,
+                };
+            }
+            if session.begin_incoming_qos2(pid, &mut effects) {
+                let ticket = self.finish(&mut state, effects, Vec::new());
+                return PublishOutcome {
+                    ticket,
+                    matched: true,
+                    duplicate: true,
+                };
+            }
+        }
+        let matched = self.route(&mut state, Arc::new(message), &mut effects);
+        let ticket = self.finish(&mut state, effects, Vec::new());
+        PublishOutcome {
+            ticket,
+            matched,
+            duplicate: false,
+        }
+    }
+
+    /// PUBREL from the client: frees the QoS 2 packet id. Returns whether it was known.
+    pub fn release(self: &Arc<Self>, client: &Arc<str>, connection_id: u64, packet_id: u16) -> (bool, Ticket) {
+        self.with_session(client, connection_id, |s, _, e| s.release_incoming_qos2(packet_id, e))
+    }
+
+    /// PUBACK or PUBCOMP from the client.
+    pub fn complete(self: &Arc<Self>, client: &Arc<str>, connection_id: u64, packet_id: u16) -> (bool, Ticket) {
+        self.with_session(client, connection_id, |s, now, e| s.complete(packet_id, now, e))
+    }
+
+    /// PUBREC from the client; the connection answers with PUBREL after the ticket.
+    pub fn received(
+        self: &Arc<Self>,
+        client: &Arc<str>,
+        connection_id: u64,
+        packet_id: u16,
+        reason: u8,
+    ) -> (bool, Ticket) {
+        self.with_session(client, connection_id, |s, now, e| s.received(packet_id, reason, now, e))
+    }
+
+    /// Runs `f` on the session if `connection_id` still holds it.
+    fn with_session(
+        self: &Arc<Self>,
+        client: &Arc<str>,
+        connection_id: u64,
+        f: impl FnOnce(&mut Session, u64, &mut Effects) -> bool,
+    ) -> (bool, Ticket) {
+        let now = now_ms();
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        let Some(session) = state.sessions.get_mut(client) else {
+            return (false, 0);
+        };
+        if session.connection.as_ref().map(|c| c.id) != Some(connection_id) {
+            return (false, 0);
+        }
+        let known = f(session, now, &mut effects);
+        (known, self.finish(&mut state, effects, Vec::new()))
+    }
+
+    /// Matches a message against every subscription and hands it to the sessions.
+    fn route(&self, state: &mut State, message: Arc<Message>, effects: &mut Effects) -> bool {
+        let now = now_ms();
+        let limits = self.limits();
+        if message.retain && self.settings.mqtt.retained_messages_enabled {
+            // An empty payload deletes the retained message [MQTT-3.3.1-6] [MQTT-3.3.1-7].
+            if message.payload.is_empty() {
+                if state.retained.remove(&message.topic).is_some() {
+                    effects.ops.push(StoreOp::DeleteRetained(message.topic.clone()));
+                }
+            } else {
+                state.retained.insert(message.topic.clone(), message.clone());
+                effects.ops.push(StoreOp::PutRetained(message.clone()));
+            }
+        }
+        // One delivery per client, with the highest QoS and every subscription identifier of
+        // its matching subscriptions [MQTT-3.3.4-2] [MQTT-3.3.4-3].
+        let mut direct: HashMap<Arc<str>, (u8, bool, Vec<u32>)> = HashMap::new();
+        let mut groups: Vec<Arc<str>> = Vec::new();
+        state
+            .tree
+            .for_each_match(&message.topic, |_, subscriber, sub| match subscriber {
+                Subscriber::Client(id) => {
+                    if sub.no_local && **id == *message.publisher {
+                        return;
+                    }
+                    let entry = direct.entry(id.clone()).or_insert((0, false, Vec::new()));
+                    entry.0 = entry.0.max(sub.qos.min(message.qos));
+                    entry.1 |= sub.retain_as_published && message.retain;
+                    entry.2.extend(sub.subscription_id);
+                }
+                Subscriber::Shared(key) => groups.push(key.clone()),
+            });
+        let matched = !direct.is_empty() || !groups.is_empty();
+        for (client, (qos, retain, subscription_ids)) in direct {
+            let seq = state.seq();
+            let Some(session) = state.sessions.get_mut(&client) else {
+                continue;
+            };
+            let record = OutgoingRecord {
+                message: message.clone(),
+                qos,
+                retain,
+                subscription_ids,
+                shared: None,
+                packet_id: None,
+                released: false,
+            };
+            session.deliver(seq, record, limits, now, effects);
+        }
+        for key in groups {
+            let seq = state.seq();
+            dispatch_shared(state, &key, seq, message.clone(), None, limits, now, effects);
+        }
+        matched
+    }
+
+    // ----- subscribe / unsubscribe --------------------------------------------------------
+
+    /// SUBSCRIBE: returns one reason code per filter, in order [MQTT-3.8.4-6], and the ticket
+    /// to wait for before the SUBACK. Matching retained messages are sent after it.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        client: &Arc<str>,
+        connection_id: u64,
+        filters: &[(String, SubscriptionOptions)],
+        subscription_id: Option<u32>,
+    ) -> (Vec<u8>, Ticket) {
+        let now = now_ms();
+        let limits = self.limits();
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        let mut codes = Vec::with_capacity(filters.len());
+        match state.sessions.get(client) {
+            Some(s) if s.connection.as_ref().map(|c| c.id) == Some(connection_id) => {}
+            _ => return (vec![reason::UNSPECIFIED_ERROR; filters.len()], 0),
+        }
+        for (filter, options) in filters {
+            let code = self.check_filter(filter, subscription_id);
+            if code != reason::SUCCESS {
+                codes.push(code);
+                continue;
+            }
+            let granted = (options.qos as u8).min(self.settings.mqtt.max_qos);
+            let record = SubscriptionRecord {
+                qos: granted,
+                no_local: options.no_local,
+                retain_as_published: options.retain_as_published,
+                retain_handling: options.retain_handling,
+                subscription_id,
+            };
+            let existed = add_subscription(&mut state, client, filter.clone(), record);
+            let Some(session) = state.sessions.get(client) else {
+                continue;
+            };
+            if session.is_persistent() {
+                effects
+                    .ops
+                    .push(StoreOp::PutSubscription(client.clone(), filter.clone(), record));
+            }
+            codes.push(granted);
+            // Retained messages: not for shared subscriptions [MQTT-3.8.4-?], and by Retain
+            // Handling: 0 always, 1 only for a new subscription, 2 never [MQTT-3.3.1-9..11].
+            let shared = matches!(mqtt::topic::parse_shared(filter), Ok(Some(_)));
+            let send_retained = !shared && (options.retain_handling == 0 || (options.retain_handling == 1 && !existed));
+            if send_retained {
+                let mut matching: Vec<Arc<Message>> = state
+                    .retained
+                    .values()
+                    .filter(|m| mqtt::topic::matches(filter, &m.topic) && !m.is_expired(now))
+                    .cloned()
+                    .collect();
+                matching.sort_by(|a, b| a.topic.cmp(&b.topic));
+                for message in matching {
+                    let seq = state.seq();
+                    let Some(session) = state.sessions.get_mut(client) else {
+                        break;
+                    };
+                    let record = OutgoingRecord {
+                        qos: message.qos.min(granted),
+                        message,
+                        retain: true, // [MQTT-3.3.1-8]
+                        subscription_ids: subscription_id.into_iter().collect(),
+                        shared: None,
+                        packet_id: None,
+                        released: false,
+                    };
+                    session.deliver(seq, record, limits, now, &mut effects);
+                }
+            }
+        }
+        let ticket = self.finish(&mut state, effects, Vec::new());
+        (codes, ticket)
+    }
+
+    /// The reason code a filter gets before any state changes: SUCCESS or why it is refused.
+    fn check_filter(&self, filter: &str, subscription_id: Option<u32>) -> u8 {
+        let mqtt_cfg = &self.settings.mqtt;
+        if filter.len() as u64 > u64::from(self.settings.restrictions.max_topic_length) {
+            return reason::TOPIC_FILTER_INVALID;
+        }
+        let inner = match mqtt::topic::parse_shared(filter) {
+            Err(_) => return reason::TOPIC_FILTER_INVALID,
+            Ok(Some(shared)) => {
+                if !mqtt_cfg.shared_subscriptions_enabled {
+                    return reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED;
+                }
+                shared.filter
+            }
+            Ok(None) => filter,
+        };
+        if !mqtt::topic::valid_topic_filter(inner) {
+            return reason::TOPIC_FILTER_INVALID;
+        }
+        if !mqtt_cfg.wildcard_subscriptions_enabled && (inner.contains('+') || inner.contains('#')) {
+            return reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED;
+        }
+        if subscription_id.is_some() && !mqtt_cfg.subscription_identifier_enabled {
+            return reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED;
+        }
+        reason::SUCCESS
+    }
+
+    /// UNSUBSCRIBE: one reason code per filter.
+    pub fn unsubscribe(
+        self: &Arc<Self>,
+        client: &Arc<str>,
+        connection_id: u64,
+        filters: &[String],
+    ) -> (Vec<u8>, Ticket) {
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        match state.sessions.get(client) {
+            Some(s) if s.connection.as_ref().map(|c| c.id) == Some(connection_id) => {}
+            _ => return (vec![reason::UNSPECIFIED_ERROR; filters.len()], 0),
+        }
+        let mut codes = Vec::with_capacity(filters.len());
+        for filter in filters {
+            if remove_subscription(&mut state, client, filter) {
+                if state.sessions.get(client).is_some_and(|s| s.is_persistent()) {
+                    effects
+                        .ops
+                        .push(StoreOp::DeleteSubscription(client.clone(), filter.clone()));
+                }
+                codes.push(reason::SUCCESS);
+            } else {
+                codes.push(reason::NO_SUBSCRIPTION_EXISTED);
+            }
+        }
+        let ticket = self.finish(&mut state, effects, Vec::new());
+        (codes, ticket)
+    }
+
+    // ----- effects ------------------------------------------------------------------------
+
+    /// Applies an operation's effects in order: internal publishes (wills), store ops (one
+    /// ticket), packets to connections, timers.
+    fn finish(self: &Arc<Self>, state: &mut State, mut effects: Effects, timers: Vec<Timer>) -> Ticket {
+        let mut published = 0;
+        while published < effects.publish.len() {
+            let message = effects.publish[published].clone();
+            published += 1;
+            self.route(state, Arc::new(message), &mut effects);
+        }
+        let ticket = match &self.store {
+            Some(store) => store.submit(std::mem::take(&mut effects.ops)),
+            None => 0,
+        };
+        for (tx, mut out, wait) in effects.sends {
+            if wait && let Outbound::Packet(_, t) = &mut out {
+                *t = Some(ticket);
+            }
+            // A closed channel means the connection is already gone; its session keeps the state.
+            let _ = tx.send(out);
+        }
+        for timer in timers {
+            let broker = Arc::clone(self);
+            let delay = match &timer {
+                Timer::Will { delay, .. } => *delay,
+                Timer::Expiry { after, .. } => *after,
+            };
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                broker.on_timer(timer);
+            });
+        }
+        ticket
+    }
+
+    // ----- inspection (admin, tests) ------------------------------------------------------
+
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.lock().retained.len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.lock().tree.len()
+    }
+
+    /// A session's state, if it exists.
+    pub fn session_info(&self, client: &str) -> Option<SessionInfo> {
+        self.lock().sessions.get(client).map(|s| SessionInfo {
+            connected: s.connection.is_some(),
+            queued: s.queued_len(),
+            inflight: s.inflight_len(),
+            subscriptions: s.subscriptions.len(),
+        })
+    }
+}
+
+/// Adds (or replaces) a subscription in the session and the topic tree; returns whether it
+/// existed before.
+fn add_subscription(state: &mut State, client: &Arc<str>, filter: String, record: SubscriptionRecord) -> bool {
+    let Some(session) = state.sessions.get_mut(client) else {
+        return false;
+    };
+    let existed = session.subscriptions.insert(filter.clone(), record).is_some();
+    match mqtt::topic::parse_shared(&filter) {
+        Ok(Some(shared)) => {
+            let key: Arc<str> = Arc::from(filter.as_str());
+            let group = state.shared.entry(key.clone()).or_default();
+            if !group.members.contains(client) {
+                group.members.push(client.clone());
+            }
+            let inner = shared.filter.to_owned();
+            // The tree holds one entry per group; the options live with each member.
+            state.tree.insert(&inner, Subscriber::Shared(key), record);
+        }
+        _ => {
+            state.tree.insert(&filter, Subscriber::Client(client.clone()), record);
+        }
+    }
+    existed
+}
+
+/// Removes a subscription from the session and the topic tree; returns whether it existed.
+fn remove_subscription(state: &mut State, client: &Arc<str>, filter: &str) -> bool {
+    let Some(session) = state.sessions.get_mut(client) else {
+        return false;
+    };
+    if session.subscriptions.remove(filter).is_none() {
+        return false;
+    }
+    match mqtt::topic::parse_shared(filter) {
+        Ok(Some(shared)) => {
+            let inner = shared.filter.to_owned();
+            if let Some(group) = state.shared.get_mut(filter) {
+                group.members.retain(|m| m != client);
+                if group.members.is_empty() {
+                    state.shared.remove(filter);
+                    state.tree.remove(&inner, &Subscriber::Shared(Arc::from(filter)));
+                }
+            }
+        }
+        _ => {
+            state.tree.remove(filter, &Subscriber::Client(client.clone()));
+        }
+    }
+    true
+}
+
+/// Ends a session: its subscriptions leave the tree and its rows leave the disk.
+fn remove_session(state: &mut State, client: &Arc<str>, effects: &mut Effects) {
+    let filters: Vec<String> = match state.sessions.get(client) {
+        Some(s) => s.subscriptions.keys().cloned().collect(),
+        None => return,
+    };
+    for filter in filters {
+        remove_subscription(state, client, &filter);
+    }
+    if let Some(session) = state.sessions.remove(client)
+        && session.is_persistent()
+    {
+        effects.ops.push(StoreOp::DeleteSession(client.clone()));
+    }
+}
+
+/// A member left: its unacknowledged shared-subscription messages go to other members.
+fn take_shared_pending(state: &mut State, client: &Arc<str>, limits: QueueLimits, now: u64, effects: &mut Effects) {
+    let Some(session) = state.sessions.get_mut(client) else {
+        return;
+    };
+    let pending = session.take_shared_pending(effects);
+    for (seq, record) in pending {
+        let Some(key) = record.shared.clone() else { continue };
+        if !dispatch_shared(
+            state,
+            &key,
+            seq,
+            record.message.clone(),
+            Some(client),
+            limits,
+            now,
+            effects,
+        ) {
+            // Nobody else can take it: it stays with this member.
+            if let Some(session) = state.sessions.get_mut(client) {
+                session.deliver(seq, record, limits, now, effects);
+            }
+        }
+    }
+}
+
+/// Sends a message to one member of a shared subscription group: the next connected member
+/// with room in its window, else the next connected one, else the next one that can queue.
+/// Returns false if no member (other than `exclude`) could take it.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_shared(
+    state: &mut State,
+    key: &Arc<str>,
+    seq: u64,
+    message: Arc<Message>,
+    exclude: Option<&Arc<str>>,
+    limits: QueueLimits,
+    now: u64,
+    effects: &mut Effects,
+) -> bool {
+    let State { sessions, shared, .. } = state;
+    let Some(group) = shared.get_mut(key) else { return false };
+    let n = group.members.len();
+    let candidates = || {
+        (0..n)
+            .map(|i| (group.next + i) % n)
+            .filter(|&i| Some(&group.members[i]) != exclude)
+    };
+    let pick = |want: fn(&Session) -> bool| candidates().find(|&i| sessions.get(&group.members[i]).is_some_and(want));
+    let chosen = pick(|s| s.has_window())
+        .or_else(|| pick(|s| s.connection.is_some()))
+        .or_else(|| pick(|s| s.is_persistent()));
+    let Some(index) = chosen else { return false };
+    let member = group.members[index].clone();
+    group.next = (index + 1) % n;
+    let Some(session) = sessions.get_mut(&member) else {
+        return false;
+    };
+    let Some(sub) = session.subscriptions.get(&**key).copied() else {
+        return false;
+    };
+    let record = OutgoingRecord {
+        qos: message.qos.min(sub.qos),
+        retain: sub.retain_as_published && message.retain,
+        subscription_ids: sub.subscription_id.into_iter().collect(),
+        message,
+        shared: Some(key.clone()),
+        packet_id: None,
+        released: false,
+    };
+    session.deliver(seq, record, limits, now, effects);
+    true
+}
+
+/// `QoS` from a stored byte, for callers outside the codec.
+pub fn qos_of(v: u8) -> QoS {
+    QoS::from_u8(v).unwrap_or(QoS::AtMostOnce)
+}

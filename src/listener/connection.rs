@@ -1,0 +1,780 @@
+//! One client connection: reads packets, applies them to the broker, writes the answers and
+//! the messages the broker routes to this client.
+//!
+//! Everything written goes through one ordered queue. An entry may carry a store ticket; it is
+//! written only once that ticket is committed, so an acknowledgement never overtakes the disk
+//! and the packets after it keep their order. Reading goes on meanwhile, which lets a publisher
+//! pipeline and lets the store commit many acknowledgements in one transaction.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::broker::message::Message;
+use crate::broker::session::{ConnectionHandle, Outbound};
+use crate::broker::{Broker, ConnectRequest, Departure};
+use crate::mqtt::{
+    self, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS,
+    SubAck, Subscribe, UnsubAck, Unsubscribe, reason, v5_connack_to_v3,
+};
+use crate::store::Ticket;
+use crate::store::records::WillRecord;
+
+/// Why a connection ends; decides the DISCONNECT sent (MQTT 5) and whether the will goes out.
+#[derive(Debug)]
+enum Close {
+    /// The client sent DISCONNECT.
+    ClientDisconnect { with_will: bool, expiry: Option<u32> },
+    /// The socket closed or failed.
+    Lost,
+    /// We end it: DISCONNECT with this reason (MQTT 5) and the will is published.
+    Error(u8, &'static str),
+    /// The session was taken over by a new connection [MQTT-3.1.4-3].
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Serves one network connection until it ends. `admitted` is false when `max-connections`
+/// was reached: the CONNECT is answered with "quota exceeded" / "server unavailable".
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    admitted: bool,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let settings = broker.settings().clone();
+    let idle = Duration::from_millis(settings.restrictions.no_connect_idle_timeout_ms);
+
+    // The first packet must be CONNECT [MQTT-3.1.0-1], within the idle timeout.
+    let connect = match tokio::time::timeout(
+        idle,
+        read_connect(&mut reader, &mut rbuf, settings.mqtt.max_packet_size),
+    )
+    .await
+    {
+        Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "closing before CONNECT: {e}");
+            if let DecodeError::UnsupportedProtocolVersion(_) = e {
+                // Answered in 3.1.1 form, which every client can read [MQTT-3.1.2-2].
+                let refusal = connack(
+                    mqtt::v3_connack::UNACCEPTABLE_PROTOCOL_VERSION,
+                    false,
+                    Properties::default(),
+                );
+                let _ = write_packet(&mut writer, &refusal, ProtocolVersion::V311).await;
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within {} ms, closing", idle.as_millis());
+            return;
+        }
+    };
+    if !admitted {
+        tracing::warn!(%peer, "connection refused: max-connections reached");
+        let code = match connect.protocol {
+            ProtocolVersion::V5 => reason::QUOTA_EXCEEDED,
+            _ => mqtt::v3_connack::SERVER_UNAVAILABLE,
+        };
+        let _ = write_packet(
+            &mut writer,
+            &connack(code, false, Properties::default()),
+            connect.protocol,
+        )
+        .await;
+        return;
+    }
+    let mut conn = match Connection::accept(connect, peer, broker, &mut writer).await {
+        Some(c) => c,
+        None => return,
+    };
+    let close = conn.run(&mut reader, &mut writer, rbuf, &mut shutdown).await;
+    conn.finish(close, &mut writer).await;
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    max: u32,
+) -> Result<Option<Connect>, DecodeError> {
+    loop {
+        match mqtt::decode(buf, ProtocolVersion::V5, max)? {
+            Some(Packet::Connect(c)) => return Ok(Some(c)),
+            Some(_) => return Ok(None),
+            None => {}
+        }
+        buf.reserve(READ_CHUNK);
+        match reader.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write_packet<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    packet: &Packet,
+    version: ProtocolVersion,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    mqtt::encode(packet, version, &mut buf).map_err(std::io::Error::other)?;
+    writer.write_all(&buf).await?;
+    writer.flush().await
+}
+
+fn connack(code: u8, session_present: bool, properties: Properties) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present,
+        code,
+        properties,
+    })
+}
+
+fn pub_response(packet_id: u16, reason: u8) -> PubResponse {
+    PubResponse {
+        packet_id,
+        reason,
+        properties: Properties::default(),
+    }
+}
+
+struct Connection {
+    broker: Arc<Broker>,
+    client_id: Arc<str>,
+    id: u64,
+    peer: SocketAddr,
+    version: ProtocolVersion,
+    keep_alive: Duration,
+    /// Session expiry asked for at CONNECT; a DISCONNECT may not raise it from 0 [MQTT-3.14.2-2].
+    connect_expiry: u32,
+    /// Whether reason strings and user properties may be sent on acks [MQTT-3.1.2-29].
+    problem_information: bool,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    qos0_pending: Arc<AtomicUsize>,
+    /// Packets waiting to be written, in order, each after its ticket.
+    out: VecDeque<(Packet, Option<Ticket>)>,
+    /// Client → server topic aliases [MQTT-3.3.2-12].
+    aliases_in: HashMap<u16, String>,
+    /// Server → client topic aliases, and how many the client allows.
+    aliases_out: HashMap<String, u16>,
+    alias_out_max: u16,
+    /// QoS 1/2 PUBLISHes received and not yet acknowledged (PUBACK / PUBCOMP), against our
+    /// Receive Maximum [MQTT-3.3.4-9].
+    incoming_unacked: usize,
+    /// QoS 1/2 PUBLISHes whose PUBACK / PUBREC is not yet written (waiting for the disk).
+    /// Reading pauses while there are `server-receive-maximum` of them: back-pressure that also
+    /// holds for MQTT 3 clients, which know no receive maximum.
+    acks_pending: usize,
+}
+
+impl Connection {
+    /// Validates the CONNECT, registers the session with the broker and writes the CONNACK.
+    async fn accept<W: AsyncWrite + Unpin>(
+        connect: Connect,
+        peer: SocketAddr,
+        broker: Arc<Broker>,
+        writer: &mut W,
+    ) -> Option<Connection> {
+        let settings = broker.settings().clone();
+        let version = connect.protocol;
+        let refuse = |code: u8| {
+            let code = if version == ProtocolVersion::V5 {
+                code
+            } else {
+                v5_connack_to_v3(code)
+            };
+            connack(code, false, Properties::default())
+        };
+        let props = &connect.properties;
+
+        let mut client_id = connect.client_id.clone();
+        let mut assigned = None;
+        if client_id.is_empty() {
+            // 3.1.1 allows an empty id only with a clean session [MQTT-3.1.3-7] [MQTT-3.1.3-8];
+            // 3.1 not at all.
+            let allowed = settings.security.allow_empty_client_id
+                && match version {
+                    ProtocolVersion::V5 => true,
+                    ProtocolVersion::V311 => connect.clean_start,
+                    ProtocolVersion::V31 => false,
+                };
+            if !allowed {
+                let _ = write_packet(writer, &refuse(reason::CLIENT_IDENTIFIER_NOT_VALID), version).await;
+                return None;
+            }
+            client_id = format!("apiary-{:016x}", rand::random::<u64>());
+            assigned = Some(client_id.clone());
+        }
+        let strict = settings.security.utf8_validation;
+        let refusal = if client_id.len() as u64 > u64::from(settings.restrictions.max_client_id_length)
+            || (strict && !mqtt::topic::is_strict_utf8_clean(&client_id))
+        {
+            Some(reason::CLIENT_IDENTIFIER_NOT_VALID)
+        } else if props.authentication_method.is_some() {
+            // Enhanced authentication is not offered [MQTT-4.12.0-1].
+            Some(reason::BAD_AUTHENTICATION_METHOD)
+        } else if let Some(will) = &connect.will {
+            if !mqtt::topic::valid_topic_name(&will.topic)
+                || will.topic.len() as u64 > u64::from(settings.restrictions.max_topic_length)
+                || (strict && !mqtt::topic::is_strict_utf8_clean(&will.topic))
+            {
+                Some(reason::TOPIC_NAME_INVALID)
+            } else if will.qos as u8 > settings.mqtt.max_qos {
+                Some(reason::QOS_NOT_SUPPORTED) // [MQTT-3.2.2-12]
+            } else if will.retain && !settings.mqtt.retained_messages_enabled {
+                Some(reason::RETAIN_NOT_SUPPORTED) // [MQTT-3.2.2-13]
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
+            tracing::info!(%peer, client = %client_id, "connection refused: reason 0x{code:02x}");
+            let _ = write_packet(writer, &refuse(code), version).await;
+            return None;
+        }
+
+        // Session expiry: MQTT 5 asks for it; 3.x maps clean session to 0 / forever.
+        let requested = match version {
+            ProtocolVersion::V5 => props.session_expiry_interval.unwrap_or(0),
+            _ if connect.clean_start => 0,
+            _ => u32::MAX,
+        };
+        let expiry = u64::from(requested)
+            .min(settings.mqtt.session_expiry_max_interval)
+            .min(u64::from(u32::MAX)) as u32;
+
+        // Keep alive: the server may lower it and says so [MQTT-3.2.2-21].
+        let max_ka = settings.mqtt.max_keep_alive;
+        let keep_alive = match connect.keep_alive {
+            0 if settings.mqtt.allow_unlimited_keep_alive => 0,
+            0 => max_ka,
+            ka => ka.min(max_ka),
+        };
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let qos0_pending = Arc::new(AtomicUsize::new(0));
+        let id = broker.next_connection_id();
+        let handle = ConnectionHandle {
+            id,
+            tx,
+            version,
+            receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+            max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
+            qos0_pending: qos0_pending.clone(),
+        };
+        let will = connect.will.as_ref().map(|w| {
+            let publish = Publish {
+                dup: false,
+                qos: w.qos,
+                retain: w.retain,
+                topic: w.topic.clone(),
+                packet_id: 0,
+                properties: w.properties.clone(),
+                payload: w.payload.clone(),
+            };
+            WillRecord {
+                message: Message::from_publish(&publish, &client_id, settings.mqtt.message_expiry_max_interval),
+                delay_secs: w.properties.will_delay_interval.unwrap_or(0),
+            }
+        });
+        let client_id: Arc<str> = Arc::from(client_id);
+        let outcome = broker.connect(ConnectRequest {
+            client_id: client_id.clone(),
+            clean_start: connect.clean_start,
+            expiry_interval: expiry,
+            will,
+            connection: handle,
+        });
+        if let Err(e) = broker.wait(outcome.ticket).await {
+            tracing::error!(client = %client_id, "cannot accept the session: {e}");
+            let _ = write_packet(writer, &refuse(reason::SERVER_UNAVAILABLE), version).await;
+            broker.disconnect(&client_id, id, Departure::WithWill, None);
+            return None;
+        }
+
+        let mut properties = Properties::default();
+        if version == ProtocolVersion::V5 {
+            let m = &settings.mqtt;
+            properties.assigned_client_identifier = assigned;
+            if u64::from(requested) != u64::from(expiry) {
+                properties.session_expiry_interval = Some(expiry);
+            }
+            if keep_alive != connect.keep_alive {
+                properties.server_keep_alive = Some(keep_alive);
+            }
+            if m.server_receive_maximum != u16::MAX {
+                properties.receive_maximum = Some(m.server_receive_maximum);
+            }
+            if m.max_qos < 2 {
+                properties.maximum_qos = Some(m.max_qos);
+            }
+            if !m.retained_messages_enabled {
+                properties.retain_available = Some(0);
+            }
+            properties.maximum_packet_size = Some(m.max_packet_size);
+            properties.topic_alias_maximum = Some(if m.topic_alias_enabled {
+                m.topic_alias_max_per_client
+            } else {
+                0
+            });
+            if !m.wildcard_subscriptions_enabled {
+                properties.wildcard_subscription_available = Some(0);
+            }
+            if !m.subscription_identifier_enabled {
+                properties.subscription_identifier_available = Some(0);
+            }
+            if !m.shared_subscriptions_enabled {
+                properties.shared_subscription_available = Some(0);
+            }
+        }
+        if write_packet(
+            writer,
+            &connack(reason::SUCCESS, outcome.session_present, properties),
+            version,
+        )
+        .await
+        .is_err()
+        {
+            broker.disconnect(&client_id, id, Departure::WithWill, None);
+            return None;
+        }
+        tracing::debug!(%peer, client = %client_id, ?version, session_present = outcome.session_present, "client connected");
+        Some(Connection {
+            client_id,
+            id,
+            peer,
+            version,
+            keep_alive: Duration::from_secs(u64::from(keep_alive)),
+            connect_expiry: expiry,
+            problem_information: settings.security.allow_request_problem_information
+                && props.request_problem_information.unwrap_or(1) == 1,
+            rx,
+            qos0_pending,
+            out: VecDeque::new(),
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            alias_out_max: props.topic_alias_maximum.unwrap_or(0),
+            incoming_unacked: 0,
+            acks_pending: 0,
+            broker,
+        })
+    }
+
+    async fn run<R, W>(
+        &mut self,
+        reader: &mut R,
+        writer: &mut W,
+        mut rbuf: BytesMut,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Close
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let max_packet_size = self.broker.settings().mqtt.max_packet_size;
+        let receive_maximum = usize::from(self.broker.settings().mqtt.server_receive_maximum);
+        let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+        // 1.5 times the keep alive without a packet ends the connection [MQTT-3.1.2-24].
+        let grace = self.keep_alive + self.keep_alive / 2;
+        let mut deadline = Instant::now() + grace;
+        loop {
+            // Handle every complete packet already buffered.
+            loop {
+                match mqtt::decode(&mut rbuf, self.version, max_packet_size) {
+                    Ok(Some(packet)) => {
+                        deadline = Instant::now() + grace;
+                        if let Some(close) = self.handle(packet) {
+                            self.flush(writer, &mut wbuf).await;
+                            return close;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(client = %self.client_id, peer = %self.peer, "bad packet: {e}");
+                        self.flush(writer, &mut wbuf).await;
+                        return Close::Error(e.reason_code(), "malformed or invalid packet");
+                    }
+                }
+            }
+            // Take in whatever the broker sent meanwhile.
+            while let Ok(item) = self.rx.try_recv() {
+                if let Some(close) = self.take_outbound(item) {
+                    self.flush(writer, &mut wbuf).await;
+                    return close;
+                }
+            }
+            if !self.flush(writer, &mut wbuf).await {
+                return Close::Lost;
+            }
+            let blocked_on = self.out.front().and_then(|(_, t)| *t);
+            let may_read = self.acks_pending < receive_maximum;
+            rbuf.reserve(READ_CHUNK);
+            tokio::select! {
+                read = reader.read_buf(&mut rbuf), if may_read => match read {
+                    Ok(0) | Err(_) => return Close::Lost,
+                    Ok(_) => {}
+                },
+                item = self.rx.recv() => match item {
+                    Some(item) => if let Some(close) = self.take_outbound(item) {
+                        self.flush(writer, &mut wbuf).await;
+                        return close;
+                    },
+                    None => return Close::Lost,
+                },
+                committed = wait_ticket(&self.broker, blocked_on) => {
+                    if let Err(e) = committed {
+                        tracing::error!(client = %self.client_id, "{e}");
+                        return Close::Error(reason::UNSPECIFIED_ERROR, "persistence failed");
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline), if !self.keep_alive.is_zero() => {
+                    tracing::debug!(client = %self.client_id, "keep alive timeout");
+                    return Close::Error(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                },
+                _ = shutdown.changed() => return Close::Shutdown,
+            }
+        }
+    }
+
+    /// Queues an item from the broker; returns a reason to close if it says so.
+    fn take_outbound(&mut self, item: Outbound) -> Option<Close> {
+        match item {
+            Outbound::Packet(packet, ticket) => {
+                self.out.push_back((*packet, ticket));
+                None
+            }
+            Outbound::Disconnect(code) if code == reason::SESSION_TAKEN_OVER => Some(Close::TakenOver),
+            Outbound::Disconnect(code) => Some(Close::Error(code, "disconnected by the broker")),
+        }
+    }
+
+    /// Writes every queued packet whose ticket is committed. Returns false if the socket failed.
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, writer: &mut W, wbuf: &mut BytesMut) -> bool {
+        while let Some((_, ticket)) = self.out.front() {
+            if let Some(t) = ticket
+                && !self.broker.is_committed(*t)
+            {
+                break;
+            }
+            let Some((packet, _)) = self.out.pop_front() else { break };
+            let packet = self.prepare_outgoing(packet);
+            if let Err(e) = mqtt::encode(&packet, self.version, wbuf) {
+                tracing::warn!(client = %self.client_id, "cannot encode {packet:?}: {e}");
+            }
+            if wbuf.len() >= 64 * 1024 {
+                if writer.write_all(wbuf).await.is_err() {
+                    return false;
+                }
+                wbuf.clear();
+            }
+        }
+        if !wbuf.is_empty() {
+            if writer.write_all(wbuf).await.is_err() || writer.flush().await.is_err() {
+                return false;
+            }
+            wbuf.clear();
+        }
+        true
+    }
+
+    /// Last touches before a packet is written: acks leave the unacked count, QoS 0 leaves the
+    /// slow-consumer bound, and PUBLISH topics may be replaced by an alias.
+    fn prepare_outgoing(&mut self, packet: Packet) -> Packet {
+        match packet {
+            Packet::PubAck(_) => {
+                self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
+                self.acks_pending = self.acks_pending.saturating_sub(1);
+                packet
+            }
+            Packet::PubRec(_) => {
+                self.acks_pending = self.acks_pending.saturating_sub(1);
+                packet
+            }
+            Packet::PubComp(_) => {
+                self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
+                packet
+            }
+            Packet::Publish(mut p) => {
+                if p.qos == QoS::AtMostOnce {
+                    self.qos0_pending.fetch_sub(1, Ordering::Relaxed);
+                }
+                if self.version == ProtocolVersion::V5 && self.alias_out_max > 0 {
+                    if let Some(alias) = self.aliases_out.get(&p.topic) {
+                        p.properties.topic_alias = Some(*alias);
+                        p.topic = String::new();
+                    } else if self.aliases_out.len() < usize::from(self.alias_out_max) {
+                        let alias = self.aliases_out.len() as u16 + 1;
+                        self.aliases_out.insert(p.topic.clone(), alias);
+                        p.properties.topic_alias = Some(alias);
+                    }
+                }
+                Packet::Publish(p)
+            }
+            other => other,
+        }
+    }
+
+    fn send(&mut self, packet: Packet, ticket: Ticket) {
+        let ticket = (ticket > 0).then_some(ticket);
+        self.out.push_back((packet, ticket));
+    }
+
+    /// Applies one packet from the client. Returns why to close, if it must.
+    fn handle(&mut self, packet: Packet) -> Option<Close> {
+        let broker = self.broker.clone();
+        let client = self.client_id.clone();
+        match packet {
+            Packet::Publish(publish) => return self.handle_publish(publish),
+            Packet::PubAck(ack) | Packet::PubComp(ack) => {
+                broker.complete(&client, self.id, ack.packet_id);
+            }
+            Packet::PubRec(rec) => {
+                let (known, ticket) = broker.received(&client, self.id, rec.packet_id, rec.reason);
+                if rec.reason < 0x80 {
+                    let code = if known {
+                        reason::SUCCESS
+                    } else {
+                        reason::PACKET_IDENTIFIER_NOT_FOUND
+                    };
+                    self.send(Packet::PubRel(pub_response(rec.packet_id, code)), ticket);
+                }
+            }
+            Packet::PubRel(rel) => {
+                let (known, ticket) = broker.release(&client, self.id, rel.packet_id);
+                let code = if known {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                if !known {
+                    // Not counted as unacked; balance the decrement done when PUBCOMP is written.
+                    self.incoming_unacked += 1;
+                }
+                self.send(Packet::PubComp(pub_response(rel.packet_id, code)), ticket);
+            }
+            Packet::Subscribe(subscribe) => return self.handle_subscribe(subscribe),
+            Packet::Unsubscribe(Unsubscribe { packet_id, filters, .. }) => {
+                let (codes, ticket) = broker.unsubscribe(&client, self.id, &filters);
+                let ack = UnsubAck {
+                    packet_id,
+                    properties: Properties::default(),
+                    reason_codes: codes,
+                };
+                self.send(Packet::UnsubAck(ack), ticket);
+            }
+            Packet::PingReq => self.send(Packet::PingResp, 0),
+            Packet::Disconnect(Disconnect {
+                reason: code,
+                properties,
+            }) => {
+                if let Some(expiry) = properties.session_expiry_interval
+                    && self.connect_expiry == 0
+                    && expiry != 0
+                {
+                    return Some(Close::Error(reason::PROTOCOL_ERROR, "session expiry raised from 0"));
+                }
+                let max = broker.settings().mqtt.session_expiry_max_interval;
+                let expiry = properties.session_expiry_interval.map(|e| u64::from(e).min(max) as u32);
+                return Some(Close::ClientDisconnect {
+                    with_will: code == reason::DISCONNECT_WITH_WILL,
+                    expiry,
+                });
+            }
+            Packet::Connect(_) => return Some(Close::Error(reason::PROTOCOL_ERROR, "second CONNECT")), // [MQTT-3.1.0-2]
+            Packet::Auth(_) => {
+                return Some(Close::Error(
+                    reason::PROTOCOL_ERROR,
+                    "AUTH without an authentication method",
+                ));
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Some(Close::Error(reason::PROTOCOL_ERROR, "server-only packet from a client"));
+            }
+        }
+        None
+    }
+
+    fn handle_publish(&mut self, mut publish: Publish) -> Option<Close> {
+        let settings = self.broker.settings();
+        if publish.qos as u8 > settings.mqtt.max_qos {
+            return Some(Close::Error(reason::QOS_NOT_SUPPORTED, "QoS above maximum")); // [MQTT-3.2.2-11]
+        }
+        if publish.retain && !settings.mqtt.retained_messages_enabled {
+            return Some(Close::Error(reason::RETAIN_NOT_SUPPORTED, "retain not supported")); // [MQTT-3.3.1-15]
+        }
+        // Topic alias: set or use a mapping [MQTT-3.3.2-12..-14].
+        if let Some(alias) = publish.properties.topic_alias.take() {
+            let max = if settings.mqtt.topic_alias_enabled {
+                settings.mqtt.topic_alias_max_per_client
+            } else {
+                0
+            };
+            if alias == 0 || alias > max {
+                return Some(Close::Error(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+            }
+            if publish.topic.is_empty() {
+                match self.aliases_in.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => return Some(Close::Error(reason::PROTOCOL_ERROR, "unknown topic alias")),
+                }
+            } else {
+                self.aliases_in.insert(alias, publish.topic.clone());
+            }
+        }
+        if !mqtt::topic::valid_topic_name(&publish.topic)
+            || publish.topic.len() as u64 > u64::from(settings.restrictions.max_topic_length)
+            || (settings.security.utf8_validation && !mqtt::topic::is_strict_utf8_clean(&publish.topic))
+        {
+            return Some(Close::Error(reason::TOPIC_NAME_INVALID, "invalid topic name"));
+        }
+        if publish.qos != QoS::AtMostOnce {
+            self.incoming_unacked += 1;
+            self.acks_pending += 1;
+            // MQTT 3 has no receive maximum: those clients are slowed down by reading less
+            // (see `run`) instead of being disconnected.
+            let limit = usize::from(settings.mqtt.server_receive_maximum);
+            if self.version == ProtocolVersion::V5 && self.incoming_unacked > limit {
+                return Some(Close::Error(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "receive maximum exceeded",
+                )); // [MQTT-3.3.4-9]
+            }
+        }
+        // Payload format indicator 1 promises UTF-8; checked when the operator asks [MQTT-3.3.2-4].
+        let bad_payload = settings.security.payload_format_validation
+            && publish.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&publish.payload).is_err();
+        if bad_payload {
+            match publish.qos {
+                QoS::AtMostOnce => return Some(Close::Error(reason::PAYLOAD_FORMAT_INVALID, "payload is not UTF-8")),
+                QoS::AtLeastOnce => self.send(
+                    Packet::PubAck(pub_response(publish.packet_id, reason::PAYLOAD_FORMAT_INVALID)),
+                    0,
+                ),
+                QoS::ExactlyOnce => self.send(
+                    Packet::PubRec(pub_response(publish.packet_id, reason::PAYLOAD_FORMAT_INVALID)),
+                    0,
+                ),
+            }
+            return None;
+        }
+        let message = Message::from_publish(&publish, &self.client_id, settings.mqtt.message_expiry_max_interval);
+        let qos2_id = (publish.qos == QoS::ExactlyOnce).then_some(publish.packet_id);
+        let outcome = self.broker.publish(&self.client_id, self.id, message, qos2_id);
+        let code = if outcome.matched {
+            reason::SUCCESS
+        } else {
+            reason::NO_MATCHING_SUBSCRIBERS
+        };
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(Packet::PubAck(pub_response(publish.packet_id, code)), outcome.ticket),
+            QoS::ExactlyOnce => {
+                // A resend of a packet id already received is not counted twice.
+                if outcome.duplicate {
+                    self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
+                }
+                self.send(Packet::PubRec(pub_response(publish.packet_id, code)), outcome.ticket)
+            }
+        }
+        None
+    }
+
+    fn handle_subscribe(&mut self, subscribe: Subscribe) -> Option<Close> {
+        let Subscribe {
+            packet_id,
+            properties,
+            filters,
+        } = subscribe;
+        // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
+        if filters
+            .iter()
+            .any(|(f, o)| o.no_local && matches!(mqtt::topic::parse_shared(f), Ok(Some(_))))
+        {
+            return Some(Close::Error(
+                reason::PROTOCOL_ERROR,
+                "no local on a shared subscription",
+            ));
+        }
+        let subscription_id = properties.subscription_identifiers.first().copied();
+        let (codes, ticket) = self
+            .broker
+            .subscribe(&self.client_id, self.id, &filters, subscription_id);
+        let ack = SubAck {
+            packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        };
+        // SUBACK first; retained messages the broker queued arrive through the channel after it.
+        self.send(Packet::SubAck(ack), ticket);
+        None
+    }
+
+    /// Ends the connection: tells the client why (MQTT 5) and the broker how.
+    async fn finish<W: AsyncWrite + Unpin>(mut self, close: Close, writer: &mut W) {
+        let (departure, expiry, disconnect_reason) = match &close {
+            Close::ClientDisconnect { with_will, expiry } => (
+                if *with_will {
+                    Departure::WithWill
+                } else {
+                    Departure::Normal
+                },
+                *expiry,
+                None,
+            ),
+            Close::Lost => (Departure::WithWill, None, None),
+            Close::Error(code, why) => {
+                tracing::debug!(client = %self.client_id, "closing: {why} (0x{code:02x})");
+                (Departure::WithWill, None, Some(*code))
+            }
+            Close::TakenOver => (Departure::WithWill, None, Some(reason::SESSION_TAKEN_OVER)),
+            Close::Shutdown => (Departure::WithWill, None, Some(reason::SERVER_SHUTTING_DOWN)),
+        };
+        // The server sends DISCONNECT only in MQTT 5, and only with an error reason [MQTT-3.14.0-1].
+        if let (Some(code), ProtocolVersion::V5) = (disconnect_reason, self.version) {
+            let mut properties = Properties::default();
+            if self.problem_information
+                && let Close::Error(_, why) = &close
+            {
+                properties.reason_string = Some((*why).to_owned());
+            }
+            let packet = Packet::Disconnect(Disconnect {
+                reason: code,
+                properties,
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(1), write_packet(writer, &packet, self.version)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+        if !matches!(close, Close::TakenOver) {
+            self.broker.disconnect(&self.client_id, self.id, departure, expiry);
+        }
+        self.rx.close();
+        tracing::debug!(client = %self.client_id, ?close, "client disconnected");
+    }
+}
+
+async fn wait_ticket(broker: &Broker, ticket: Option<Ticket>) -> Result<(), crate::store::StoreError> {
+    match ticket {
+        Some(t) => broker.wait(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,113 @@
+//! Wiring: config → store → broker → listeners, and an orderly stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::broker::{Broker, Settings};
+use crate::config::{Config, PersistenceMode};
+use crate::listener;
+use crate::store::{Loaded, Store};
+
+/// What a node is started with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: Config,
+    pub data_dir: PathBuf,
+    pub extensions_dir: PathBuf,
+}
+
+/// A started node.
+pub struct Running {
+    broker: Arc<Broker>,
+    addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Starts a node: opens the data folder, restores state, binds every listener. Either all of it
+/// works or nothing is left running.
+pub async fn start(options: Options) -> anyhow::Result<Running> {
+    let started = Instant::now();
+    let config = &options.config;
+    let (store, loaded) = match config.persistence {
+        PersistenceMode::File => {
+            tracing::info!("Starting with file persistence mode.");
+            let (store, loaded) = Store::open(&options.data_dir)?;
+            tracing::info!("data folder {}", options.data_dir.display());
+            (Some(store), loaded)
+        }
+        PersistenceMode::InMemory => {
+            tracing::info!("Starting with in-memory persistence mode.");
+            (None, Loaded::default())
+        }
+    };
+    if config.cluster.enabled {
+        tracing::warn!("<cluster> is enabled in the configuration, but this build runs a single node only");
+    }
+    let settings = Settings {
+        mqtt: config.mqtt.clone(),
+        restrictions: config.restrictions.clone(),
+        security: config.security.clone(),
+    };
+    let bound = listener::bind_all(&config.listeners)
+        .await
+        .context("starting the listeners")?;
+    let broker = Broker::new(settings, store, loaded);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut addrs = Vec::new();
+    for b in bound {
+        addrs.push(b.local_addr()?);
+        tasks.spawn(listener::serve(b, broker.clone(), shutdown_rx.clone()));
+    }
+    tracing::info!("Started Apiary in {}ms", started.elapsed().as_millis());
+    Ok(Running {
+        broker,
+        addrs,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Running {
+    /// The address of every listener, in configuration order (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Stops accepting, closes every connection, and waits for it all to finish.
+    pub async fn stop(mut self) {
+        tracing::info!("Shutting down Apiary");
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.broker.stop();
+        // Everything submitted so far reaches the disk before the store is dropped.
+        if let Some(store) = self.broker.store() {
+            let last = store.submit(Vec::new());
+            let _ = store.wait(last).await;
+            store.close();
+        }
+        tracing::info!("Shutdown complete");
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        self.stop().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,398 @@
+//! Persistence: one redb database per node in the data folder.
+//!
+//! The broker's state lives in memory; every change that must survive a restart is sent here as
+//! a [`StoreOp`], in the order the broker made it. A dedicated writer thread applies the ops in
+//! batches, one write transaction per batch (group commit), and reports how far it got. A
+//! connection that is about to acknowledge something waits for the [`Ticket`] of the ops that
+//! back the acknowledgement, so nothing is acknowledged before it is on disk.
+
+pub mod records;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::watch;
+
+use crate::broker::message::Message;
+use records::{OutgoingRecord, SessionRecord, SubscriptionRecord};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const SUBSCRIPTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("subscriptions");
+const OUTGOING: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outgoing");
+const INCOMING_QOS2: TableDefinition<(&str, u16), ()> = TableDefinition::new("incoming_qos2");
+const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+
+/// The marker that tells an Apiary data file from any other redb file.
+const FORMAT_KEY: &str = "format";
+const FORMAT_VALUE: &[u8] = b"apiary-store-1";
+
+/// The database file inside the data folder.
+pub const DB_FILE: &str = "apiary.redb";
+const LOCK_FILE: &str = "data.lock";
+
+/// A change to persistent state.
+#[derive(Debug, Clone)]
+pub enum StoreOp {
+    PutSession(Arc<str>, SessionRecord),
+    /// Removes the session with its subscriptions, messages and packet ids.
+    DeleteSession(Arc<str>),
+    PutSubscription(Arc<str>, String, SubscriptionRecord),
+    DeleteSubscription(Arc<str>, String),
+    PutOutgoing(Arc<str>, u64, OutgoingRecord),
+    DeleteOutgoing(Arc<str>, u64),
+    PutIncomingQos2(Arc<str>, u16),
+    DeleteIncomingQos2(Arc<str>, u16),
+    PutRetained(Arc<Message>),
+    DeleteRetained(String),
+}
+
+/// Position in the stream of ops; waiting for it means waiting until everything submitted up
+/// to it is committed.
+pub type Ticket = u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the data folder {path} is in use by another Apiary process (lock file {path}/{LOCK_FILE})")]
+    Locked { path: PathBuf },
+    #[error("cannot use the data folder {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the data file {path} is corrupt or not an Apiary data file: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("persistence failed, nothing more is acknowledged: {0}")]
+    Failed(String),
+}
+
+/// Everything read back from disk on start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub sessions: HashMap<Arc<str>, LoadedSession>,
+    pub retained: Vec<Message>,
+}
+
+#[derive(Debug)]
+pub struct LoadedSession {
+    pub record: SessionRecord,
+    pub subscriptions: Vec<(String, SubscriptionRecord)>,
+    /// By sequence number, oldest first.
+    pub outgoing: Vec<(u64, OutgoingRecord)>,
+    pub incoming_qos2: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    committed: Ticket,
+    failed: Option<String>,
+}
+
+struct Batch {
+    ticket: Ticket,
+    ops: Vec<StoreOp>,
+}
+
+/// Handle to the writer thread.
+pub struct Store {
+    /// The last ticket handed out and the writer's queue; `None` once closed.
+    submit: Mutex<(Ticket, Option<mpsc::Sender<Batch>>)>,
+    progress: watch::Receiver<Progress>,
+    path: PathBuf,
+    /// The writer thread (it owns the database) and the folder lock, released by `close`.
+    closing: Mutex<Option<(thread::JoinHandle<()>, File)>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, takes the folder lock, and reads everything back.
+    pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
+        let io = |source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: dir.to_path_buf(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let path = dir.join(DB_FILE);
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let existed = path.exists();
+        let db = Database::create(&path).map_err(|e| corrupt(e.to_string()))?;
+        init_or_check_format(&db, existed).map_err(&corrupt)?;
+        let loaded = load(&db).map_err(&corrupt)?;
+
+        let (tx, rx) = mpsc::channel();
+        let (progress_tx, progress) = watch::channel(Progress::default());
+        let writer_path = path.clone();
+        let thread = thread::Builder::new()
+            .name("apiary-store".into())
+            .spawn(move || writer(db, rx, progress_tx, writer_path))
+            .map_err(io)?;
+        let store = Store {
+            submit: Mutex::new((0, Some(tx))),
+            progress,
+            path,
+            closing: Mutex::new(Some((thread, lock))),
+        };
+        Ok((store, loaded))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues ops for the writer; they are applied in submission order.
+    pub fn submit(&self, ops: Vec<StoreOp>) -> Ticket {
+        let mut guard = self.submit.lock().unwrap_or_else(|e| e.into_inner());
+        if ops.is_empty() {
+            return guard.0;
+        }
+        guard.0 += 1;
+        let ticket = guard.0;
+        match &guard.1 {
+            // A send error means the writer has stopped after a failure; `wait` reports it.
+            Some(tx) => {
+                let _ = tx.send(Batch { ticket, ops });
+            }
+            None => tracing::error!("a change was submitted after the store was closed; it is not saved"),
+        }
+        ticket
+    }
+
+    /// Writes out everything submitted, closes the database and releases the folder lock.
+    /// Later submissions are not saved.
+    pub fn close(&self) {
+        let sender = self.submit.lock().unwrap_or_else(|e| e.into_inner()).1.take();
+        drop(sender);
+        let closing = self.closing.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((thread, lock)) = closing {
+            if thread.join().is_err() {
+                tracing::error!("the store writer panicked");
+            }
+            drop(lock);
+        }
+    }
+
+    /// Waits until everything up to `ticket` is committed.
+    pub async fn wait(&self, ticket: Ticket) -> Result<(), StoreError> {
+        let mut rx = self.progress.clone();
+        let progress = rx
+            .wait_for(|p| p.committed >= ticket || p.failed.is_some())
+            .await
+            .map_err(|_| StoreError::Failed("the store writer stopped".into()))?;
+        match &progress.failed {
+            Some(reason) if progress.committed < ticket => Err(StoreError::Failed(reason.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// True once everything up to `ticket` is committed (no waiting).
+    pub fn is_committed(&self, ticket: Ticket) -> bool {
+        self.progress.borrow().committed >= ticket
+    }
+}
+
+fn init_or_check_format(db: &Database, existed: bool) -> Result<(), String> {
+    let read = db.begin_read().map_err(|e| e.to_string())?;
+    let marker = match read.open_table(META) {
+        Ok(table) => table
+            .get(FORMAT_KEY)
+            .map_err(|e| e.to_string())?
+            .map(|v| v.value().to_vec()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    drop(read);
+    match marker {
+        Some(m) if m == FORMAT_VALUE => Ok(()),
+        Some(m) => Err(format!("unknown format marker {:?}", String::from_utf8_lossy(&m))),
+        None if existed && has_tables(db)? => Err("it holds tables but no Apiary format marker".into()),
+        None => {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+                meta.insert(FORMAT_KEY, FORMAT_VALUE).map_err(|e| e.to_string())?;
+                // Create every table so that reads on a fresh store find them.
+                txn.open_table(SESSIONS).map_err(|e| e.to_string())?;
+                txn.open_table(SUBSCRIPTIONS).map_err(|e| e.to_string())?;
+                txn.open_table(OUTGOING).map_err(|e| e.to_string())?;
+                txn.open_table(INCOMING_QOS2).map_err(|e| e.to_string())?;
+                txn.open_table(RETAINED).map_err(|e| e.to_string())?;
+            }
+            txn.commit().map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn has_tables(db: &Database) -> Result<bool, String> {
+    let read = db.begin_read().map_err(|e| e.to_string())?;
+    let mut tables = read.list_tables().map_err(|e| e.to_string())?;
+    Ok(tables.next().is_some())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(table: &str, key: &dyn std::fmt::Debug, bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("table {table}, key {key:?}: undecodable record ({e})"))
+}
+
+fn load(db: &Database) -> Result<Loaded, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let read = db.begin_read().map_err(|e| err(&e))?;
+    let mut loaded = Loaded::default();
+
+    let sessions = read.open_table(SESSIONS).map_err(|e| err(&e))?;
+    for row in sessions.iter().map_err(|e| err(&e))? {
+        let (k, v) = row.map_err(|e| err(&e))?;
+        let record: SessionRecord = decode("sessions", &k.value(), v.value())?;
+        loaded.sessions.insert(
+            Arc::from(k.value()),
+            LoadedSession {
+                record,
+                subscriptions: Vec::new(),
+                outgoing: Vec::new(),
+                incoming_qos2: Vec::new(),
+            },
+        );
+    }
+    // Rows of a session that is not in the sessions table are left-overs of an interrupted
+    // delete; they are skipped (and removed on the next delete of that client id).
+    let subs = read.open_table(SUBSCRIPTIONS).map_err(|e| err(&e))?;
+    for row in subs.iter().map_err(|e| err(&e))? {
+        let (k, v) = row.map_err(|e| err(&e))?;
+        let (client, filter) = k.value();
+        let record: SubscriptionRecord = decode("subscriptions", &(client, filter), v.value())?;
+        if let Some(s) = loaded.sessions.get_mut(client) {
+            s.subscriptions.push((filter.to_owned(), record));
+        }
+    }
+    let outgoing = read.open_table(OUTGOING).map_err(|e| err(&e))?;
+    for row in outgoing.iter().map_err(|e| err(&e))? {
+        let (k, v) = row.map_err(|e| err(&e))?;
+        let (client, seq) = k.value();
+        let record: OutgoingRecord = decode("outgoing", &(client, seq), v.value())?;
+        if let Some(s) = loaded.sessions.get_mut(client) {
+            s.outgoing.push((seq, record));
+        }
+    }
+    let qos2 = read.open_table(INCOMING_QOS2).map_err(|e| err(&e))?;
+    for row in qos2.iter().map_err(|e| err(&e))? {
+        let (k, _) = row.map_err(|e| err(&e))?;
+        let (client, pid) = k.value();
+        if let Some(s) = loaded.sessions.get_mut(client) {
+            s.incoming_qos2.push(pid);
+        }
+    }
+    let retained = read.open_table(RETAINED).map_err(|e| err(&e))?;
+    for row in retained.iter().map_err(|e| err(&e))? {
+        let (k, v) = row.map_err(|e| err(&e))?;
+        loaded.retained.push(decode("retained", &k.value(), v.value())?);
+    }
+    Ok(loaded)
+}
+
+fn writer(db: Database, rx: mpsc::Receiver<Batch>, progress: watch::Sender<Progress>, path: PathBuf) {
+    const MAX_BATCHES_PER_COMMIT: usize = 4096;
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while batches.len() < MAX_BATCHES_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(b) => batches.push(b),
+                Err(_) => break,
+            }
+        }
+        let last = batches.last().map(|b| b.ticket).unwrap_or(0);
+        match apply(&db, &batches) {
+            Ok(()) => {
+                progress.send_modify(|p| p.committed = last);
+            }
+            Err(e) => {
+                let reason = format!("writing {}: {e}", path.display());
+                tracing::error!("persistence failed, no further message is acknowledged: {reason}");
+                progress.send_modify(|p| p.failed = Some(reason));
+                return;
+            }
+        }
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(value).map_err(|e| e.to_string())
+}
+
+fn apply(db: &Database, batches: &[Batch]) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let txn = db.begin_write().map_err(|x| e(&x))?;
+    {
+        let mut sessions = txn.open_table(SESSIONS).map_err(|x| e(&x))?;
+        let mut subs = txn.open_table(SUBSCRIPTIONS).map_err(|x| e(&x))?;
+        let mut outgoing = txn.open_table(OUTGOING).map_err(|x| e(&x))?;
+        let mut qos2 = txn.open_table(INCOMING_QOS2).map_err(|x| e(&x))?;
+        let mut retained = txn.open_table(RETAINED).map_err(|x| e(&x))?;
+        for op in batches.iter().flat_map(|b| b.ops.iter()) {
+            match op {
+                StoreOp::PutSession(client, record) => {
+                    sessions
+                        .insert(&**client, encode(record)?.as_slice())
+                        .map_err(|x| e(&x))?;
+                }
+                StoreOp::DeleteSession(client) => {
+                    let c: &str = client;
+                    sessions.remove(c).map_err(|x| e(&x))?;
+                    subs.retain_in((c, "")..=(c, "\u{10FFFF}\u{10FFFF}"), |(k, _), _| k != c)
+                        .map_err(|x| e(&x))?;
+                    outgoing
+                        .retain_in((c, 0)..=(c, u64::MAX), |_, _| false)
+                        .map_err(|x| e(&x))?;
+                    qos2.retain_in((c, 0)..=(c, u16::MAX), |_, _| false)
+                        .map_err(|x| e(&x))?;
+                }
+                StoreOp::PutSubscription(client, filter, record) => {
+                    subs.insert((&**client, filter.as_str()), encode(record)?.as_slice())
+                        .map_err(|x| e(&x))?;
+                }
+                StoreOp::DeleteSubscription(client, filter) => {
+                    subs.remove((&**client, filter.as_str())).map_err(|x| e(&x))?;
+                }
+                StoreOp::PutOutgoing(client, seq, record) => {
+                    outgoing
+                        .insert((&**client, *seq), encode(record)?.as_slice())
+                        .map_err(|x| e(&x))?;
+                }
+                StoreOp::DeleteOutgoing(client, seq) => {
+                    outgoing.remove((&**client, *seq)).map_err(|x| e(&x))?;
+                }
+                StoreOp::PutIncomingQos2(client, pid) => {
+                    qos2.insert((&**client, *pid), ()).map_err(|x| e(&x))?;
+                }
+                StoreOp::DeleteIncomingQos2(client, pid) => {
+                    qos2.remove((&**client, *pid)).map_err(|x| e(&x))?;
+                }
+                StoreOp::PutRetained(message) => {
+                    retained
+                        .insert(message.topic.as_str(), encode(&**message)?.as_slice())
+                        .map_err(|x| e(&x))?;
+                }
+                StoreOp::DeleteRetained(topic) => {
+                    retained.remove(topic.as_str()).map_err(|x| e(&x))?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(|x| e(&x))
+}
