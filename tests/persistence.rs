@@ -214,3 +214,45 @@ async fn acknowledged_state_survives_sigkill() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The will of a persistent session whose node was killed is published after the restart
+/// (the client never said goodbye) [MQTT-3.1.2-8].
+#[tokio::test]
+async fn will_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_broker(dir.path());
+    let mut connect = connect_packet(ProtocolVersion::V5, "doomed", false);
+    connect.properties.session_expiry_interval = Some(600);
+    connect.will = Some(apiary::mqtt::Will {
+        topic: "wills/doomed".into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Properties {
+            will_delay_interval: Some(1),
+            ..Default::default()
+        },
+    });
+    let (_doomed, ack) = RawClient::connect(addr, connect).await;
+    assert_eq!(ack.code, 0);
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    let (mut child, addr) = spawn_broker(dir.path());
+    // The will is retained, so a subscriber finds it once it has been published.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (mut c, _) = RawClient::connect(addr, connect_packet(ProtocolVersion::V5, "watcher", true)).await;
+        c.send(&subscribe("wills/#")).await;
+        assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
+        if let Ok(Some(Packet::Publish(p))) = c.recv_within(std::time::Duration::from_millis(300)).await {
+            assert_eq!(p.payload, Bytes::from("gone"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the will was not published after the restart"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -590,3 +590,85 @@ async fn shared_redelivery_to_other_member() {
     assert_eq!(again.payload, pa.payload, "a's unacknowledged job went to c");
     b.stop().await;
 }
+
+/// MQTT 3.1 ("MQIsdp", level 3) clients are served.
+#[tokio::test]
+async fn mqtt_3_1_client() {
+    let b = TestBroker::start(|_| {}).await;
+    let v31 = ProtocolVersion::V31;
+    let (mut c, ack) = RawClient::connect(b.addr, connect_packet(v31, "old-timer", true)).await;
+    assert_eq!(ack.code, 0);
+    c.send(&subscribe(1, "legacy/+", QoS::ExactlyOnce)).await;
+    assert!(matches!(c.recv().await, Some(Packet::SubAck(s)) if s.reason_codes == vec![2]));
+    c.send(&publish("legacy/x", QoS::AtLeastOnce, 5, "hi")).await;
+    let mut got_ack = false;
+    let mut got_msg = false;
+    while !(got_ack && got_msg) {
+        match c.recv().await {
+            Some(Packet::PubAck(a)) if a.packet_id == 5 => got_ack = true,
+            Some(Packet::Publish(p)) if p.payload == Bytes::from("hi") => got_msg = true,
+            other => panic!("{other:?}"),
+        }
+    }
+    // 3.1 has no empty client ids.
+    let (_c, ack) = RawClient::connect(b.addr, connect_packet(v31, "", true)).await;
+    assert_eq!(ack.code, 2);
+    b.stop().await;
+}
+
+/// A DISCONNECT from the server carries a reason string unless the operator turned problem
+/// information off or the client asked for none [MQTT-3.1.2-29].
+#[tokio::test]
+async fn problem_information() {
+    for (allowed, requested, expect_reason) in [(true, None, true), (true, Some(0), false), (false, None, false)] {
+        let b = TestBroker::start(|c| c.security.allow_request_problem_information = allowed).await;
+        let mut connect = connect_packet(V5, "pi", true);
+        connect.properties.request_problem_information = requested;
+        let (mut c, _) = RawClient::connect(b.addr, connect).await;
+        c.send(&Packet::Connect(connect_packet(V5, "pi", true))).await;
+        let seen = c.until_closed().await;
+        let Some(Packet::Disconnect(d)) = seen.last() else {
+            panic!("{seen:?}")
+        };
+        assert_eq!(
+            d.properties.reason_string.is_some(),
+            expect_reason,
+            "allowed={allowed} requested={requested:?}"
+        );
+        b.stop().await;
+    }
+}
+
+/// Message expiry: a queued message whose interval runs out is not delivered [MQTT-3.3.2-5].
+#[tokio::test]
+async fn expired_queued_message_is_dropped() {
+    let b = TestBroker::start(|_| {}).await;
+    let mut connect = connect_packet(V5, "late", false);
+    connect.properties.session_expiry_interval = Some(300);
+    let (mut c, _) = RawClient::connect(b.addr, connect.clone()).await;
+    c.send(&subscribe(1, "exp", QoS::AtLeastOnce)).await;
+    assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
+    drop(c);
+    wait_until("offline", || {
+        b.broker().session_info("late").is_some_and(|s| !s.connected)
+    })
+    .await;
+    let (mut publ, _) = RawClient::connect(b.addr, connect_packet(V5, "pub", true)).await;
+    let Packet::Publish(mut short) = publish("exp", QoS::AtLeastOnce, 1, "short") else {
+        unreachable!()
+    };
+    short.properties.message_expiry_interval = Some(1);
+    publ.send(&Packet::Publish(short)).await;
+    publ.send(&publish("exp", QoS::AtLeastOnce, 2, "long")).await;
+    wait_until("both queued", || {
+        b.broker().session_info("late").is_some_and(|s| s.queued == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // let the 1 s expiry pass
+    let (mut c, _) = RawClient::connect(b.addr, connect).await;
+    let Some(Packet::Publish(p)) = c.recv().await else {
+        panic!()
+    };
+    assert_eq!(p.payload, Bytes::from("long"), "the expired message was dropped");
+    b.stop().await;
+}
