@@ -606,7 +606,7 @@ async fn mqtt_3_1_client() {
     while !(got_ack && got_msg) {
         match c.recv().await {
             Some(Packet::PubAck(a)) if a.packet_id == 5 => got_ack = true,
-            Some(Packet::Publish(p)) if p.payload == Bytes::from("hi") => got_msg = true,
+            Some(Packet::Publish(p)) if p.payload == "hi" => got_msg = true,
             other => panic!("{other:?}"),
         }
     }
