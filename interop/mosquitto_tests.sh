@@ -12,7 +12,7 @@ PREFIX="apiary-interop/mosq/$RUN_ID"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/apiary-mosq.XXXXXX")
 BG_PIDS=()
 cleanup() {
-  for p in "${BG_PIDS[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  killwait "${BG_PIDS[@]}"
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -42,7 +42,8 @@ pub_until_exit() {
 }
 
 # Publish QoS 1 probes to topic $2 until file $1 (a subscriber's output) is non-empty, then wait
-# until every probe sent has arrived, so none is still in flight. At most 10 s + 5 s.
+# until the last probe sent has arrived, so none is still in flight (probes sent before the
+# subscription existed are legitimately dropped). At most 10 s + 5 s.
 probe_until_received() {
   local out=$1 topic=$2 v=$3 n=0
   for _ in $(seq 50); do
@@ -52,10 +53,17 @@ probe_until_received() {
   done
   [[ -s "$out" ]] || return 1
   for _ in $(seq 50); do
-    [[ $(lines "$out") -ge $n ]] && return 0
+    grep -q "probe-$((n - 1))\$" "$out" && return 0
     sleep 0.1
   done
   return 1
+}
+
+# Kill background clients (SIGKILL) and reap them quietly.
+killwait() {
+  local p
+  for p in "$@"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  return 0
 }
 
 # Wait (at most 10 s) until file $1 has a line exactly equal to $2.
@@ -117,7 +125,7 @@ t_will() {
   local bpid=$!; BG_PIDS+=("$bpid")
   if ! probe_until_received "$aout" "$pa" "$v" || ! probe_until_received "$bout" "$pb" "$v"; then
     fail "$name" "watcher or will client never received its probe message (not connected/subscribed?)"
-    kill -9 "$apid" "$bpid" 2>/dev/null; return
+    killwait "$apid" "$bpid"; return
   fi
   kill -9 "$bpid"; wait "$bpid" 2>/dev/null      # abrupt: no DISCONNECT packet
   if wait_for_line "$aout" "$wt|$wp"; then pass "$name"
@@ -135,7 +143,7 @@ t_offline() {
   "${SUB[@]}" -V "$v" -c -i "$id" -q 1 "${extra[@]}" -t "$t" -W 60 >"$out1" 2>"$TMP/$name.1.err" &
   local pid=$!; BG_PIDS+=("$pid")
   if ! probe_until_received "$out1" "$t" "$v"; then
-    fail "$name" "first (persistent) session never received its probe messages"; kill -9 "$pid" 2>/dev/null; return
+    fail "$name" "first (persistent) session never received its probe messages"; killwait "$pid"; return
   fi
   kill -TERM "$pid"; wait "$pid" 2>/dev/null
   # While offline: 3 QoS 1 messages.

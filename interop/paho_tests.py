@@ -66,6 +66,8 @@ class TClient:
         self.c.on_subscribe = self._on_subscribe
         self.c.on_message = self._on_message
         self.c.on_disconnect = self._on_disconnect
+        self.c.on_log = self._on_log
+        self.log = []  # paho's own log lines (explain e.g. a rejected CONNACK)
 
     # --- callbacks (network thread) ---
     def _on_connect(self, _c, _u, flags, rc, properties):
@@ -88,11 +90,16 @@ class TClient:
             self.disconnected = rc
             self.cond.notify_all()
 
+    def _on_log(self, _c, _u, _level, text):
+        if not text.startswith(("Sending", "Received P", "Received S", "Received C")):
+            self.log.append(text)
+
     # --- helpers ---
     def wait(self, pred, what, timeout=TIMEOUT):
         with self.cond:
             if not self.cond.wait_for(pred, timeout):
-                raise TestFailure(f"{self.cid}: timed out after {timeout:g}s waiting for {what}")
+                why = f"; paho log: {' | '.join(self.log[-3:])}" if self.log else ""
+                raise TestFailure(f"{self.cid}: timed out after {timeout:g}s waiting for {what}{why}")
 
     def connect(self, clean_start=True, session_expiry=None, background=True):
         """Connect and wait for a successful CONNACK; returns the CONNACK flags."""
@@ -105,15 +112,16 @@ class TClient:
         if background:
             self.c.loop_start()
             self.looping = True
-            self.wait(lambda: self.connack is not None, "CONNACK")
+            self.wait(lambda: self.connack is not None or self.disconnected is not None, "CONNACK")
         else:
             # Drive the network by hand (no thread), so the socket can later be closed abruptly.
             for _ in range(int(TIMEOUT / 0.1)):
                 self.c.loop(timeout=0.1)
-                if self.connack is not None:
+                if self.connack is not None or self.disconnected is not None:
                     break
-            if self.connack is None:
-                raise TestFailure(f"{self.cid}: no CONNACK within {TIMEOUT:g}s")
+        if self.connack is None:
+            why = f"; paho log: {' | '.join(self.log[-3:])}" if self.log else ""
+            raise TestFailure(f"{self.cid}: no CONNACK (connection closed: {self.disconnected}){why}")
         rc, flags, _ = self.connack
         if rc.is_failure:
             raise TestFailure(f"{self.cid}: CONNACK refused: {rc}")
@@ -196,8 +204,12 @@ def t_retained(proto, qos):
         s1.connect(); s1.subscribe(t, 2)
         expect_msg(s1.messages(1, "retained message")[0], t, payload, qos, retain=True,
                    what="new subscriber after retained publish")
-        # Clear it with an empty retained publish.
+        # Clear it with an empty retained publish. It is also delivered to existing subscribers as a
+        # normal message (MQTT 3.1.1 3.3.1.3 / 5.0 3.3.1.3); waiting for that at s1 makes sure the
+        # broker has processed the clear before s2 subscribes (QoS 0 has no ack to wait on).
         pub.publish(t, b"", qos, retain=True)
+        expect_msg(s1.messages(2, "empty retained message forwarded to the existing subscriber")[1], t, b"", qos,
+                   what="existing subscriber, after the empty retained publish")
         # Proof of absence: a new subscriber must see our live marker as its first message.
         s2 = TClient(name, proto); clients.append(s2)
         s2.connect(); s2.subscribe(t, 2)

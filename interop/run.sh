@@ -79,6 +79,9 @@ EOF
 fi
 BROKER_PID=$!
 
+# Indent broker log lines and drop colour codes.
+strip_ansi() { sed -e $'s/\x1b\\[[0-9;]*m//g' "$@"; }
+show_log() { strip_ansi "$@" | sed 's/^/  | /'; }
 port_open() { python3 -c 'import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1).close()' "$HOST" "$PORT" 2>/dev/null; }
 
 # Bounded wait for readiness (log line, or open port when no pattern is given).
@@ -94,14 +97,14 @@ for _ in $(seq $((START_TIMEOUT * 10))); do
 done
 if [[ $ready -ne 1 ]]; then
   echo "broker did not become ready within ${START_TIMEOUT}s (pattern: '${READY_PATTERN:-<port open>}'); log:" >&2
-  sed 's/^/  | /' "$LOG" >&2 || true
+  show_log "$LOG" >&2 || true
   stop_broker
   echo "0 passed, 1 failed"
   exit 1
 fi
 # The log line may come just before the listener accepts; make sure the port is open.
 for _ in $(seq 50); do port_open && break; sleep 0.1; done
-if [[ -n "$READY_PATTERN" ]]; then echo "# broker ready: $(grep -m1 -E "$READY_PATTERN" "$LOG")"
+if [[ -n "$READY_PATTERN" ]]; then echo "# broker ready: $(grep -m1 -E "$READY_PATTERN" "$LOG" | strip_ansi)"
 else echo "# broker ready: port $PORT accepts connections"; fi
 
 # --- run the suites -----------------------------------------------------------------------------
@@ -126,12 +129,12 @@ if kill -0 "$BROKER_PID" 2>/dev/null; then
   echo "PASS broker_alive_after_tests" | tee -a "$RESULTS"
 else
   echo "FAIL broker_alive_after_tests: broker process exited during the tests; log tail:" | tee -a "$RESULTS"
-  tail -n 30 "$LOG" | sed 's/^/  | /'
+  tail -n 30 "$LOG" | show_log
 fi
 
 stop_broker
 if grep -q '^FAIL ' "$RESULTS"; then
-  echo "# broker log tail:"; tail -n 40 "$LOG" | sed 's/^/  | /'
+  echo "# broker log tail:"; tail -n 40 "$LOG" | show_log
 fi
 passed=$(grep -c '^PASS ' "$RESULTS" || true)
 failed=$(grep -c '^FAIL ' "$RESULTS" || true)

@@ -5,6 +5,7 @@
 //! - [`config`]: HiveMQ's `config.xml` (with `${ENV:X}` placeholders), validated with line numbers.
 //! - [`broker`]: sessions, the subscription tree, retained messages, wills, QoS flows, shared
 //!   subscriptions — plain state behind one lock, no I/O.
+//! - [`cluster`]: membership, failure detection, routing between nodes.
 //! - [`store`]: redb persistence of everything that must survive a restart, with group commit.
 //! - [`listener`]: sockets; one task per connection speaks MQTT and drives the broker.
 //! - [`server`]: starts and stops a node.
@@ -12,6 +13,7 @@
 #![deny(unused_must_use)]
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod listener;
 pub mod mqtt;

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::broker::{Broker, Settings};
+use crate::cluster::{self, Cluster};
 use crate::config::{Config, PersistenceMode};
 use crate::listener;
 use crate::store::{Loaded, Store};
@@ -47,9 +48,11 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
             (None, Loaded::default())
         }
     };
-    if config.cluster.enabled {
-        tracing::warn!("<cluster> is enabled in the configuration, but this build runs a single node only");
-    }
+    // Checked before anything starts, so a cluster setting we cannot honour stops start-up.
+    let cluster_settings = match config.cluster.enabled {
+        true => Some(cluster::Settings::from_config(&config.cluster).context("in <cluster>")?),
+        false => None,
+    };
     let settings = Settings {
         mqtt: config.mqtt.clone(),
         restrictions: config.restrictions.clone(),
@@ -59,6 +62,10 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
         .await
         .context("starting the listeners")?;
     let broker = Broker::new(settings, store, loaded);
+    if let Some(settings) = cluster_settings {
+        let me = cluster::node_id::load_or_create(&options.data_dir)?;
+        Cluster::start(settings, me, broker.clone()).await?;
+    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut addrs = Vec::new();
@@ -88,6 +95,9 @@ impl Running {
     /// Stops accepting, closes every connection, and waits for it all to finish.
     pub async fn stop(mut self) {
         tracing::info!("Shutting down Apiary");
+        if let Some(cluster) = self.broker.cluster() {
+            cluster.leave().await;
+        }
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         self.broker.stop();

@@ -33,6 +33,9 @@ pub struct Message {
     /// The client id of the publisher, for No Local [MQTT-3.8.3-3]; empty for wills of
     /// sessions that are gone and for messages restored from a backup.
     pub publisher: String,
+    /// When it was published (Unix ms): the newest retained message per topic wins when nodes
+    /// exchange them.
+    pub created_ms: u64,
 }
 
 /// Milliseconds since the Unix epoch, the clock that expiry times are kept in so that they
@@ -68,6 +71,7 @@ impl Message {
             },
             expires_at_ms: expiry.map(|secs| now_ms().saturating_add(secs.saturating_mul(1000))),
             publisher: publisher.to_owned(),
+            created_ms: now_ms(),
         }
     }
 

@@ -13,9 +13,10 @@ pub mod topic_tree;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use crate::cluster::Cluster;
 use crate::config::{MqttConfig, Restrictions, Security};
 use crate::mqtt::{self, QoS, SubscriptionOptions, reason};
 use crate::store::records::{OutgoingRecord, SubscriptionRecord, WillRecord};
@@ -55,12 +56,35 @@ struct State {
     retained: HashMap<String, Arc<Message>>,
     /// Sequence numbers order every message handed to a session.
     next_seq: u64,
+    /// Filters with local subscribers (shared ones by their inner filter), with how many: the
+    /// routes this node announces to the cluster.
+    local_filters: HashMap<String, usize>,
+    /// Route changes not yet told to the cluster: (added, removed).
+    route_changes: (Vec<String>, Vec<String>),
 }
 
 impl State {
     fn seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
+    }
+
+    fn route_added(&mut self, filter: &str) {
+        let count = self.local_filters.entry(filter.to_owned()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.route_changes.0.push(filter.to_owned());
+        }
+    }
+
+    fn route_removed(&mut self, filter: &str) {
+        if let Some(count) = self.local_filters.get_mut(filter) {
+            *count -= 1;
+            if *count == 0 {
+                self.local_filters.remove(filter);
+                self.route_changes.1.push(filter.to_owned());
+            }
+        }
     }
 }
 
@@ -87,6 +111,8 @@ pub struct Broker {
     connections: AtomicUsize,
     /// Set when the node stops: pending timers then do nothing.
     stopped: AtomicBool,
+    /// The cluster this node is part of, if clustering is on.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 /// What a client asks for in CONNECT, after validation.
@@ -106,6 +132,8 @@ pub struct ConnectOutcome {
 
 pub struct PublishOutcome {
     pub ticket: Ticket,
+    /// For a retained message in a cluster: completes once every node has applied it.
+    pub replicated: Option<tokio::sync::oneshot::Receiver<()>>,
     /// At least one subscription matched (MQTT 5: reason 0x10 otherwise).
     pub matched: bool,
     /// A QoS 2 resend of a packet id already received; it was not delivered again.
@@ -119,6 +147,15 @@ pub struct SessionInfo {
     pub queued: usize,
     pub inflight: usize,
     pub subscriptions: usize,
+}
+
+/// Where a message to route comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Published on this node (a client or a will): forwarded to other nodes too.
+    Local,
+    /// Forwarded by another node: for local subscribers only.
+    Peer,
 }
 
 /// How a connection ended.
@@ -141,6 +178,7 @@ impl Broker {
             next_connection_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
+            cluster: OnceLock::new(),
         });
         broker.restore(loaded);
         broker
@@ -444,37 +482,78 @@ impl Broker {
     ) -> PublishOutcome {
         let mut state = self.lock();
         let mut effects = Effects::default();
+        let mut outcome = PublishOutcome {
+            ticket: 0,
+            replicated: None,
+            matched: false,
+            duplicate: false,
+        };
         if let Some(pid) = qos2_packet_id {
             let Some(session) = state.sessions.get_mut(client) else {
-                return PublishOutcome {
-                    ticket: 0,
-                    matched: false,
-                    duplicate: false,
-                };
+                return outcome;
             };
             if session.connection.as_ref().map(|c| c.id) != Some(connection_id) {
-                return PublishOutcome {
-                    ticket: 0,
-                    matched: false,
-                    duplicate: false,
-                };
+                return outcome;
             }
             if session.begin_incoming_qos2(pid, &mut effects) {
-                let ticket = self.finish(&mut state, effects, Vec::new());
-                return PublishOutcome {
-                    ticket,
-                    matched: true,
-                    duplicate: true,
-                };
+                outcome.ticket = self.finish(&mut state, effects, Vec::new());
+                outcome.matched = true;
+                outcome.duplicate = true;
+                return outcome;
             }
         }
-        let matched = self.route(&mut state, Arc::new(message), &mut effects);
-        let ticket = self.finish(&mut state, effects, Vec::new());
-        PublishOutcome {
-            ticket,
-            matched,
-            duplicate: false,
+        outcome.matched = self.route(&mut state, Arc::new(message), Origin::Local, &mut effects);
+        outcome.replicated = effects.replicated.take();
+        outcome.ticket = self.finish(&mut state, effects, Vec::new());
+        outcome
+    }
+
+    // ----- cluster ------------------------------------------------------------------------
+
+    /// Joins this broker to a cluster: announces its routes and forwards from now on.
+    pub fn attach_cluster(&self, cluster: Arc<Cluster>) {
+        let filters: Vec<String> = self.lock().local_filters.keys().cloned().collect();
+        cluster.local_routes_changed(filters, Vec::new());
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// A message forwarded by another node, for local subscribers only.
+    pub fn publish_from_peer(self: &Arc<Self>, message: Message) {
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        self.route(&mut state, Arc::new(message), Origin::Peer, &mut effects);
+        self.finish(&mut state, effects, Vec::new());
+    }
+
+    /// A retained message (or deletion) from another node: the newest per topic wins.
+    pub fn apply_retained(self: &Arc<Self>, message: Message) {
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        let newer = state
+            .retained
+            .get(&message.topic)
+            .is_none_or(|old| old.created_ms <= message.created_ms);
+        if newer {
+            if message.payload.is_empty() {
+                if state.retained.remove(&message.topic).is_some() {
+                    effects.ops.push(StoreOp::DeleteRetained(message.topic.clone()));
+                }
+            } else {
+                let message = Arc::new(message);
+                state.retained.insert(message.topic.clone(), message.clone());
+                effects.ops.push(StoreOp::PutRetained(message));
+            }
         }
+        self.finish(&mut state, effects, Vec::new());
+    }
+
+    /// Every retained message, for a node that joins or merges.
+    pub fn retained_snapshot(&self) -> Vec<Message> {
+        self.lock().retained.values().map(|m| (**m).clone()).collect()
     }
 
     /// PUBREL from the client: frees the QoS 2 packet id. Returns whether it was known.
@@ -519,10 +598,19 @@ impl Broker {
     }
 
     /// Matches a message against every subscription and hands it to the sessions.
-    fn route(&self, state: &mut State, message: Arc<Message>, effects: &mut Effects) -> bool {
+    fn route(&self, state: &mut State, message: Arc<Message>, origin: Origin, effects: &mut Effects) -> bool {
         let now = now_ms();
         let limits = self.limits();
-        if message.retain && self.settings.mqtt.retained_messages_enabled {
+        let mut matched = false;
+        if origin == Origin::Local
+            && let Some(cluster) = self.cluster.get()
+        {
+            matched |= cluster.forward(&message);
+            if message.retain && self.settings.mqtt.retained_messages_enabled {
+                effects.replicated = cluster.replicate_retained(&message);
+            }
+        }
+        if origin == Origin::Local && message.retain && self.settings.mqtt.retained_messages_enabled {
             // An empty payload deletes the retained message [MQTT-3.3.1-6] [MQTT-3.3.1-7].
             if message.payload.is_empty() {
                 if state.retained.remove(&message.topic).is_some() {
@@ -551,7 +639,7 @@ impl Broker {
                 }
                 Subscriber::Shared(key) => groups.push(key.clone()),
             });
-        let matched = !direct.is_empty() || !groups.is_empty();
+        matched |= !direct.is_empty() || !groups.is_empty();
         for (client, (qos, retain, subscription_ids)) in direct {
             let seq = state.seq();
             let Some(session) = state.sessions.get_mut(&client) else {
@@ -720,7 +808,13 @@ impl Broker {
         while published < effects.publish.len() {
             let message = effects.publish[published].clone();
             published += 1;
-            self.route(state, Arc::new(message), &mut effects);
+            self.route(state, Arc::new(message), Origin::Local, &mut effects);
+        }
+        if let Some(cluster) = self.cluster.get() {
+            let (added, removed) = std::mem::take(&mut state.route_changes);
+            cluster.local_routes_changed(added, removed);
+        } else {
+            state.route_changes = Default::default();
         }
         let ticket = match &self.store {
             Some(store) => store.submit(std::mem::take(&mut effects.ops)),
@@ -789,9 +883,15 @@ fn add_subscription(state: &mut State, client: &Arc<str>, filter: String, record
             let inner = shared.filter.to_owned();
             // The tree holds one entry per group; the options live with each member.
             state.tree.insert(&inner, Subscriber::Shared(key), record);
+            if !existed {
+                state.route_added(&inner);
+            }
         }
         _ => {
             state.tree.insert(&filter, Subscriber::Client(client.clone()), record);
+            if !existed {
+                state.route_added(&filter);
+            }
         }
     }
     existed
@@ -815,9 +915,11 @@ fn remove_subscription(state: &mut State, client: &Arc<str>, filter: &str) -> bo
                     state.tree.remove(&inner, &Subscriber::Shared(Arc::from(filter)));
                 }
             }
+            state.route_removed(&inner);
         }
         _ => {
             state.tree.remove(filter, &Subscriber::Client(client.clone()));
+            state.route_removed(filter);
         }
     }
     true

@@ -49,6 +49,8 @@ pub struct Effects {
     pub sends: Vec<(mpsc::UnboundedSender<Outbound>, Outbound, bool)>,
     /// Wills and other messages to publish once the current operation is done.
     pub publish: Vec<crate::broker::message::Message>,
+    /// Completes when a retained message reached every node of the cluster.
+    pub replicated: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// Limits from the `<mqtt>` configuration that sessions apply.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::broker::message::Message;
@@ -155,6 +155,24 @@ fn pub_response(packet_id: u16, reason: u8) -> PubResponse {
     }
 }
 
+/// A packet waiting to be written: after its store ticket is committed and, for the PUBACK of
+/// a retained message in a cluster, after every node has it.
+struct Pending {
+    packet: Packet,
+    ticket: Option<Ticket>,
+    replicated: Option<oneshot::Receiver<()>>,
+}
+
+impl Pending {
+    fn new(packet: Packet, ticket: Option<Ticket>) -> Pending {
+        Pending {
+            packet,
+            ticket,
+            replicated: None,
+        }
+    }
+}
+
 struct Connection {
     broker: Arc<Broker>,
     client_id: Arc<str>,
@@ -169,7 +187,7 @@ struct Connection {
     rx: mpsc::UnboundedReceiver<Outbound>,
     qos0_pending: Arc<AtomicUsize>,
     /// Packets waiting to be written, in order, each after its ticket.
-    out: VecDeque<(Packet, Option<Ticket>)>,
+    out: VecDeque<Pending>,
     /// Client → server topic aliases [MQTT-3.3.2-12].
     aliases_in: HashMap<u16, String>,
     /// Server → client topic aliases, and how many the client allows.
@@ -425,7 +443,9 @@ impl Connection {
             if !self.flush(writer, &mut wbuf).await {
                 return Close::Lost;
             }
-            let blocked_on = self.out.front().and_then(|(_, t)| *t);
+            let blocked_on = self.out.front().and_then(|p| p.ticket);
+            // Taken out of the queue while we wait on it; put back if still pending.
+            let mut replication = self.out.front_mut().and_then(|p| p.replicated.take());
             let may_read = self.acks_pending < receive_maximum;
             rbuf.reserve(READ_CHUNK);
             tokio::select! {
@@ -440,6 +460,7 @@ impl Connection {
                     },
                     None => return Close::Lost,
                 },
+                _ = wait_replication(&mut replication) => replication = None,
                 committed = wait_ticket(&self.broker, blocked_on) => {
                     if let Err(e) = committed {
                         tracing::error!(client = %self.client_id, "{e}");
@@ -452,6 +473,9 @@ impl Connection {
                 },
                 _ = shutdown.changed() => return Close::Shutdown,
             }
+            if let (Some(r), Some(front)) = (replication, self.out.front_mut()) {
+                front.replicated = Some(r);
+            }
         }
     }
 
@@ -459,7 +483,7 @@ impl Connection {
     fn take_outbound(&mut self, item: Outbound) -> Option<Close> {
         match item {
             Outbound::Packet(packet, ticket) => {
-                self.out.push_back((*packet, ticket));
+                self.out.push_back(Pending::new(*packet, ticket));
                 None
             }
             Outbound::Disconnect(code) if code == reason::SESSION_TAKEN_OVER => Some(Close::TakenOver),
@@ -469,13 +493,22 @@ impl Connection {
 
     /// Writes every queued packet whose ticket is committed. Returns false if the socket failed.
     async fn flush<W: AsyncWrite + Unpin>(&mut self, writer: &mut W, wbuf: &mut BytesMut) -> bool {
-        while let Some((_, ticket)) = self.out.front() {
-            if let Some(t) = ticket
-                && !self.broker.is_committed(*t)
+        while let Some(front) = self.out.front_mut() {
+            if let Some(t) = front.ticket
+                && !self.broker.is_committed(t)
             {
                 break;
             }
-            let Some((packet, _)) = self.out.pop_front() else { break };
+            if let Some(r) = &mut front.replicated {
+                match r.try_recv() {
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    // Done, or the cluster gave up on it (node down): write the ack.
+                    _ => front.replicated = None,
+                }
+            }
+            let Some(Pending { packet, .. }) = self.out.pop_front() else {
+                break;
+            };
             let packet = self.prepare_outgoing(packet);
             if let Err(e) = mqtt::encode(&packet, self.version, wbuf) {
                 tracing::warn!(client = %self.client_id, "cannot encode {packet:?}: {e}");
@@ -535,7 +568,7 @@ impl Connection {
 
     fn send(&mut self, packet: Packet, ticket: Ticket) {
         let ticket = (ticket > 0).then_some(ticket);
-        self.out.push_back((packet, ticket));
+        self.out.push_back(Pending::new(packet, ticket));
     }
 
     /// Applies one packet from the client. Returns why to close, if it must.
@@ -685,17 +718,23 @@ impl Connection {
         } else {
             reason::NO_MATCHING_SUBSCRIBERS
         };
-        match publish.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(Packet::PubAck(pub_response(publish.packet_id, code)), outcome.ticket),
+        let ack = match publish.qos {
+            QoS::AtMostOnce => return None,
+            QoS::AtLeastOnce => Packet::PubAck(pub_response(publish.packet_id, code)),
             QoS::ExactlyOnce => {
                 // A resend of a packet id already received is not counted twice.
                 if outcome.duplicate {
                     self.incoming_unacked = self.incoming_unacked.saturating_sub(1);
                 }
-                self.send(Packet::PubRec(pub_response(publish.packet_id, code)), outcome.ticket)
+                Packet::PubRec(pub_response(publish.packet_id, code))
             }
-        }
+        };
+        let ticket = (outcome.ticket > 0).then_some(outcome.ticket);
+        self.out.push_back(Pending {
+            packet: ack,
+            ticket,
+            replicated: outcome.replicated,
+        });
         None
     }
 
@@ -769,6 +808,15 @@ impl Connection {
         }
         self.rx.close();
         tracing::debug!(client = %self.client_id, ?close, "client disconnected");
+    }
+}
+
+async fn wait_replication(replication: &mut Option<oneshot::Receiver<()>>) {
+    match replication {
+        Some(r) => {
+            let _ = r.await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,555 @@
+//! Clustering: several nodes acting as one logical broker.
+//!
+//! - [`wire`]: the versioned protocol between nodes, validated as untrusted input.
+//! - [`membership`]: who is in the cluster; failure detection by heartbeat and TCP health check.
+//! - [`routes`]: which node has subscribers for which filters, so a publish is forwarded once
+//!   per interested node.
+//! - [`transport`]: TCP connections between nodes (one dialer per address, one outbox per node).
+//! - [`node_id`]: the node's id, kept in the data folder.
+//!
+//! One core task owns the membership and applies every event in order; the broker talks to the
+//! cluster through [`Cluster`]'s methods, which never block.
+
+pub mod membership;
+pub mod node_id;
+pub mod routes;
+pub mod transport;
+pub mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::broker::Broker;
+use crate::broker::message::Message;
+use crate::config::{ClusterConfig, ClusterTransport, Discovery};
+use membership::{Change, FailureDetection, Membership};
+use routes::RemoteRoutes;
+use transport::Outbox;
+
+/// A node's cluster id.
+pub type NodeId = Arc<str>;
+
+/// QoS 0 forwards to a peer are shed beyond this many queued bytes; QoS 1/2 never are.
+const MAX_QUEUED_QOS0_BYTES: usize = 64 * 1024 * 1024;
+
+/// What the cluster layer needs from config.xml, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: String,
+    /// The address peers use to reach us (`external-address:external-port` behind NAT).
+    pub advertised: String,
+    /// Addresses to try from discovery.
+    pub seeds: Vec<String>,
+    pub heartbeat_interval: Duration,
+    pub detection: FailureDetection,
+}
+
+impl Settings {
+    pub fn from_config(config: &ClusterConfig) -> anyhow::Result<Settings> {
+        let tcp = match &config.transport {
+            ClusterTransport::Tcp(tcp) => tcp,
+            ClusterTransport::Udp(_) => {
+                anyhow::bail!("<cluster><transport><udp> is not supported yet: use <tcp> (see README, Clustering)")
+            }
+        };
+        anyhow::ensure!(tcp.tls.is_none(), "<cluster><transport><tcp><tls> is not supported yet");
+        let seeds = match &config.discovery {
+            Discovery::Static(nodes) => nodes.iter().map(|n| format!("{}:{}", n.host, n.port)).collect(),
+            other => anyhow::bail!("<cluster><discovery> {other:?} is not supported yet: use <static>"),
+        };
+        let bind_address = tcp.bind_address.clone().unwrap_or_else(|| "0.0.0.0".into());
+        let advertised_host = tcp.external_address.clone().unwrap_or_else(|| bind_address.clone());
+        let advertised_port = tcp.external_port.unwrap_or(tcp.bind_port);
+        let hb = &config.failure_detection.heartbeat;
+        Ok(Settings {
+            bind: format!("{bind_address}:{}", tcp.bind_port),
+            advertised: format!("{advertised_host}:{advertised_port}"),
+            seeds,
+            heartbeat_interval: Duration::from_millis(hb.interval_ms.max(10)),
+            detection: FailureDetection {
+                heartbeat_timeout: hb.enabled.then(|| Duration::from_millis(hb.timeout_ms)),
+                health_check: config.failure_detection.tcp_health_check.enabled,
+            },
+        })
+    }
+}
+
+/// What the core task reacts to.
+#[derive(Debug)]
+pub(crate) enum CoreEvent {
+    /// Our dialer completed a handshake with `node` at `address`.
+    Connected {
+        node: NodeId,
+        address: String,
+    },
+    /// A peer dialed us; we make sure to dial it back.
+    Inbound {
+        node: NodeId,
+        address: String,
+    },
+    /// A first (or later) connection attempt to a discovery address finished.
+    AttemptDone {
+        address: String,
+    },
+    Message {
+        node: NodeId,
+        message: wire::Message,
+    },
+    ConnectionLost {
+        node: NodeId,
+    },
+    LocalRoutes {
+        added: Vec<String>,
+        removed: Vec<String>,
+    },
+    Tick,
+}
+
+/// Pending retained replications: seq → peers still to acknowledge, and who waits.
+type PendingAcks = HashMap<u64, (HashSet<NodeId>, oneshot::Sender<()>)>;
+
+pub struct Cluster {
+    pub(crate) me: NodeId,
+    pub(crate) settings: Settings,
+    broker: Arc<Broker>,
+    core_tx: mpsc::UnboundedSender<CoreEvent>,
+    routes: RwLock<RemoteRoutes>,
+    /// The peers currently in the cluster (a copy of the membership's view, for the broker).
+    alive: RwLock<Vec<NodeId>>,
+    outboxes: Mutex<HashMap<NodeId, Arc<Outbox>>>,
+    retained_seq: AtomicU64,
+    pending_acks: Mutex<PendingAcks>,
+    stopping: AtomicBool,
+    /// Turns true when the node leaves: the listener, dialers and core stop.
+    pub(crate) stop: watch::Sender<bool>,
+    /// True once the join process finished: the node may serve clients.
+    joined: watch::Sender<bool>,
+}
+
+impl Cluster {
+    /// Binds the cluster port and starts joining. Returns once the join process finished (or
+    /// nobody else could be reached).
+    pub async fn start(settings: Settings, me: NodeId, broker: Arc<Broker>) -> anyhow::Result<Arc<Cluster>> {
+        let listener = tokio::net::TcpListener::bind(&settings.bind)
+            .await
+            .with_context(|| format!("cannot bind the cluster transport on {}", settings.bind))?;
+        tracing::info!(
+            "Cluster transport on {} (advertised as {}), cluster id {me}",
+            settings.bind,
+            settings.advertised
+        );
+        let (core_tx, core_rx) = mpsc::unbounded_channel();
+        let (joined, mut joined_rx) = watch::channel(false);
+        let cluster = Arc::new(Cluster {
+            me: me.clone(),
+            settings: settings.clone(),
+            broker: broker.clone(),
+            core_tx,
+            routes: RwLock::new(RemoteRoutes::default()),
+            alive: RwLock::new(Vec::new()),
+            outboxes: Mutex::new(HashMap::new()),
+            retained_seq: AtomicU64::new(0),
+            pending_acks: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            stop: watch::channel(false).0,
+            joined,
+        });
+        broker.attach_cluster(cluster.clone());
+        tokio::spawn(transport::listen(cluster.clone(), listener));
+        let core = Core::new(cluster.clone(), settings.seeds.iter().cloned().collect());
+        tokio::spawn(core.run(core_rx));
+        let ticker = cluster.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ticker.settings.heartbeat_interval / 2);
+            while !ticker.is_stopping() {
+                tick.tick().await;
+                ticker.core(CoreEvent::Tick);
+            }
+        });
+        for seed in &settings.seeds {
+            tokio::spawn(transport::dial(cluster.clone(), seed.clone()));
+        }
+        let _ = joined_rx.wait_for(|j| *j).await;
+        Ok(cluster)
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.me
+    }
+
+    pub(crate) fn core(&self, event: CoreEvent) {
+        let _ = self.core_tx.send(event);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn outbox(&self, node: &NodeId) -> Arc<Outbox> {
+        let mut boxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
+        boxes.entry(node.clone()).or_default().clone()
+    }
+
+    fn send(&self, node: &NodeId, message: &wire::Message) {
+        self.outbox(node).push(Arc::new(wire::encode(message)));
+    }
+
+    fn broadcast(&self, message: &wire::Message) {
+        let frame = Arc::new(wire::encode(message));
+        for node in self.alive_peers() {
+            self.outbox(&node).push(frame.clone());
+        }
+    }
+
+    pub fn alive_peers(&self) -> Vec<NodeId> {
+        self.alive.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Nodes in the cluster, this one included.
+    pub fn size(&self) -> usize {
+        1 + self.alive_peers().len()
+    }
+
+    // ----- called by the broker (under its lock: never block) ------------------------------
+
+    /// Local subscriptions for these filters started or ended.
+    pub fn local_routes_changed(&self, added: Vec<String>, removed: Vec<String>) {
+        if !added.is_empty() || !removed.is_empty() {
+            self.core(CoreEvent::LocalRoutes { added, removed });
+        }
+    }
+
+    /// Sends a locally published message to every other node with matching subscribers;
+    /// returns whether there was one.
+    pub fn forward(&self, message: &Message) -> bool {
+        let nodes = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .nodes_for(&message.topic);
+        if nodes.is_empty() {
+            return false;
+        }
+        let frame = Arc::new(wire::encode(&wire::Message::Forward(message.clone())));
+        for node in nodes {
+            let outbox = self.outbox(&node);
+            if message.qos == 0 && outbox.queued_bytes.load(Ordering::Relaxed) > MAX_QUEUED_QOS0_BYTES {
+                tracing::debug!(%node, "peer is slow: QoS 0 forward dropped");
+                continue;
+            }
+            outbox.push(frame.clone());
+        }
+        true
+    }
+
+    /// Replicates a retained message (or its deletion) to every node; the receiver completes
+    /// once all of them applied it, so a subscriber anywhere reads what was acknowledged here.
+    pub fn replicate_retained(&self, message: &Message) -> Option<oneshot::Receiver<()>> {
+        let peers = self.alive_peers();
+        if peers.is_empty() {
+            return None;
+        }
+        let seq = self.retained_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        self.pending_acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq, (peers.iter().cloned().collect(), tx));
+        let frame = Arc::new(wire::encode(&wire::Message::RetainedPut {
+            seq,
+            message: message.clone(),
+        }));
+        for node in peers {
+            self.outbox(&node).push(frame.clone());
+        }
+        Some(rx)
+    }
+
+    fn ack_retained(&self, node: &NodeId, seq: Option<u64>) {
+        let mut pending = self.pending_acks.lock().unwrap_or_else(|e| e.into_inner());
+        let done: Vec<u64> = pending
+            .iter_mut()
+            .filter(|(s, _)| seq.is_none_or(|q| q == **s))
+            .filter_map(|(s, (waiting, _))| {
+                waiting.remove(node);
+                waiting.is_empty().then_some(*s)
+            })
+            .collect();
+        for s in done {
+            if let Some((_, tx)) = pending.remove(&s) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Tells the peers we leave, so they drop us at once.
+    pub async fn leave(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.broadcast(&wire::Message::Leave);
+        // Give the outboxes a moment to write it; peers also notice the closed connections.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            let busy = self
+                .outboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|o| o.queued_bytes.load(Ordering::Relaxed) > 0);
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.stop.send(true);
+    }
+}
+
+/// The core task's state: membership and the join/merge bookkeeping.
+struct Core {
+    cluster: Arc<Cluster>,
+    membership: Membership,
+    local_filters: HashSet<String>,
+    /// Addresses we dial (discovery plus learned ones).
+    dialing: HashSet<String>,
+    /// Discovery addresses not yet tried once: the join waits for them.
+    untried: HashSet<String>,
+    /// Peers whose state we have not fully received yet (join or merge in progress), with
+    /// whether it is a merge.
+    syncing: HashMap<NodeId, bool>,
+    /// Peers whose `SyncDone` arrived before our own link to them was up.
+    synced_early: HashSet<NodeId>,
+    joined: bool,
+    ticks: u64,
+}
+
+impl Core {
+    fn new(cluster: Arc<Cluster>, seeds: HashSet<String>) -> Core {
+        let membership = Membership::new(cluster.me.clone(), cluster.settings.detection);
+        Core {
+            membership,
+            local_filters: HashSet::new(),
+            dialing: seeds.clone(),
+            untried: seeds,
+            syncing: HashMap::new(),
+            synced_early: HashSet::new(),
+            joined: false,
+            ticks: 0,
+            cluster,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<CoreEvent>) {
+        if self.untried.is_empty() {
+            self.finish_join();
+        } else {
+            tracing::info!("Starting cluster join process. This may take a while. Please do not shut down HiveMQ.");
+        }
+        let mut stop = self.cluster.stop.subscribe();
+        loop {
+            tokio::select! {
+                event = rx.recv() => match event {
+                    Some(event) => self.handle(event),
+                    None => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, event: CoreEvent) {
+        let now = Instant::now();
+        match event {
+            CoreEvent::Connected { node, address } => {
+                if let Some(change) = self.membership.connected(&node, &address, now) {
+                    self.apply(change);
+                }
+            }
+            CoreEvent::Inbound { node, address } => {
+                self.membership.heard(&node, now);
+                self.dial(address);
+            }
+            CoreEvent::AttemptDone { address } => {
+                self.untried.remove(&address);
+                self.check_joined();
+            }
+            CoreEvent::ConnectionLost { node } => {
+                if let Some(change) = self.membership.connection_lost(&node) {
+                    self.apply(change);
+                }
+            }
+            CoreEvent::Message { node, message } => {
+                self.membership.heard(&node, now);
+                self.on_message(node, message);
+            }
+            CoreEvent::LocalRoutes { added, removed } => {
+                for f in &added {
+                    self.local_filters.insert(f.clone());
+                }
+                for f in &removed {
+                    self.local_filters.remove(f);
+                }
+                if !added.is_empty() {
+                    self.cluster.broadcast(&wire::Message::RoutesAdded(added));
+                }
+                if !removed.is_empty() {
+                    self.cluster.broadcast(&wire::Message::RoutesRemoved(removed));
+                }
+            }
+            CoreEvent::Tick => {
+                for change in self.membership.tick(now) {
+                    self.apply(change);
+                }
+                self.ticks += 1;
+                // Anti-entropy every ~10 heartbeat intervals.
+                if self.ticks.is_multiple_of(20) {
+                    let count = self.local_filters.len() as u64;
+                    let hash = wire::filter_set_hash(self.local_filters.iter().map(String::as_str));
+                    self.cluster.broadcast(&wire::Message::RouteDigest { count, hash });
+                    self.cluster
+                        .broadcast(&wire::Message::Members(self.membership.alive_addresses()));
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, address: String) {
+        if address != self.cluster.settings.advertised && self.dialing.insert(address.clone()) {
+            tokio::spawn(transport::dial(self.cluster.clone(), address));
+        }
+    }
+
+    fn on_message(&mut self, node: NodeId, message: wire::Message) {
+        if !self.membership.is_alive(&node) && !matches!(message, wire::Message::Heartbeat | wire::Message::Leave) {
+            // Our own dialer to it has not completed yet: state is exchanged once it has.
+            tracing::trace!(%node, "message from a node not (yet) in the cluster");
+        }
+        let cluster = &self.cluster;
+        match message {
+            wire::Message::Heartbeat => {}
+            wire::Message::Members(addresses) => {
+                for a in addresses {
+                    self.dial(a);
+                }
+            }
+            wire::Message::RoutesAdded(filters) => write(&cluster.routes).add(&node, filters),
+            wire::Message::RoutesRemoved(filters) => write(&cluster.routes).remove(&node, filters),
+            wire::Message::RouteDigest { count, hash } => {
+                if read(&cluster.routes).digest_of(&node) != (count, hash) {
+                    cluster.send(&node, &wire::Message::RouteSnapshotRequest);
+                }
+            }
+            wire::Message::RouteSnapshotRequest => {
+                cluster.send(
+                    &node,
+                    &wire::Message::RouteSnapshot(self.local_filters.iter().cloned().collect()),
+                );
+            }
+            wire::Message::RouteSnapshot(filters) => write(&cluster.routes).replace(&node, filters),
+            wire::Message::Forward(message) => cluster.broker.publish_from_peer(message),
+            wire::Message::RetainedPut { seq, message } => {
+                cluster.broker.apply_retained(message);
+                cluster.send(&node, &wire::Message::RetainedAck { seq });
+            }
+            wire::Message::RetainedAck { seq } => cluster.ack_retained(&node, Some(seq)),
+            wire::Message::RetainedSnapshot(messages) => {
+                for m in messages {
+                    cluster.broker.apply_retained(m);
+                }
+            }
+            wire::Message::SyncDone => match self.syncing.remove(&node) {
+                Some(merge) => self.synced(merge),
+                None => {
+                    self.synced_early.insert(node);
+                }
+            },
+            wire::Message::Leave => {
+                if let Some(change) = self.membership.left(&node) {
+                    self.apply(change);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Up { node, merge } => {
+                if merge {
+                    tracing::info!(
+                        "Starting cluster merge process. This may take a while. Please do not shut down HiveMQ."
+                    );
+                }
+                tracing::info!(%node, "node joined the cluster ({})", self.membership.address_of(&node).unwrap_or("?"));
+                self.publish_alive();
+                // Our state for the peer, then the marker that it is complete.
+                let cluster = &self.cluster;
+                cluster.send(
+                    &node,
+                    &wire::Message::RouteSnapshot(self.local_filters.iter().cloned().collect()),
+                );
+                cluster.send(
+                    &node,
+                    &wire::Message::RetainedSnapshot(cluster.broker.retained_snapshot()),
+                );
+                cluster.send(&node, &wire::Message::Members(self.membership.alive_addresses()));
+                cluster.send(&node, &wire::Message::SyncDone);
+                if self.synced_early.remove(&node) {
+                    self.synced(merge);
+                } else {
+                    self.syncing.insert(node, merge);
+                }
+            }
+            Change::Down { node, why } => {
+                tracing::warn!(%node, "node left the cluster: {why}");
+                write(&self.cluster.routes).drop_node(&node);
+                self.syncing.remove(&node);
+                self.synced_early.remove(&node);
+                self.publish_alive();
+                self.cluster.ack_retained(&node, None);
+                self.check_joined();
+            }
+        }
+    }
+
+    /// We hold a peer's full state.
+    fn synced(&mut self, merge: bool) {
+        if merge {
+            tracing::info!("Finished cluster merge process successfully.");
+        }
+        self.check_joined();
+    }
+
+    fn publish_alive(&self) {
+        *write(&self.cluster.alive) = self.membership.alive().cloned().collect();
+        tracing::info!("Cluster size = {}", self.membership.size());
+    }
+
+    /// The join is over once every discovery address was tried and every peer found sent
+    /// its state.
+    fn check_joined(&mut self) {
+        if !self.joined && self.untried.is_empty() && self.syncing.is_empty() {
+            self.finish_join();
+        }
+    }
+
+    fn finish_join(&mut self) {
+        self.joined = true;
+        if self.membership.size() > 1 || !self.cluster.settings.seeds.is_empty() {
+            tracing::info!("Finished cluster join process successfully.");
+        }
+        tracing::info!("Cluster size = {}", self.membership.size());
+        let _ = self.cluster.joined.send(true);
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}

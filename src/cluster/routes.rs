@@ -1,0 +1,118 @@
+//! The route table: which other nodes have subscribers for which filters. Every node keeps a
+//! full copy, fed by deltas (`RoutesAdded` / `RoutesRemoved`) and repaired by anti-entropy
+//! (digest, then a full snapshot on mismatch), so a lost delta or a restart cannot leave a
+//! stale or missing route for long. A publish is forwarded once per node whose filters match.
+
+use std::collections::{HashMap, HashSet};
+
+use super::NodeId;
+use super::wire::filter_set_hash;
+use crate::broker::topic_tree::TopicTree;
+
+#[derive(Debug, Default)]
+pub struct RemoteRoutes {
+    by_node: HashMap<NodeId, HashSet<String>>,
+    tree: TopicTree<NodeId, ()>,
+}
+
+impl RemoteRoutes {
+    pub fn add(&mut self, node: &NodeId, filters: impl IntoIterator<Item = String>) {
+        let set = self.by_node.entry(node.clone()).or_default();
+        for f in filters {
+            self.tree.insert(&f, node.clone(), ());
+            set.insert(f);
+        }
+    }
+
+    pub fn remove(&mut self, node: &NodeId, filters: impl IntoIterator<Item = String>) {
+        let Some(set) = self.by_node.get_mut(node) else { return };
+        for f in filters {
+            if set.remove(&f) {
+                self.tree.remove(&f, node);
+            }
+        }
+    }
+
+    /// Replaces everything known for `node` (a snapshot).
+    pub fn replace(&mut self, node: &NodeId, filters: Vec<String>) {
+        self.drop_node(node);
+        self.add(node, filters);
+    }
+
+    /// Forgets a node that left the cluster.
+    pub fn drop_node(&mut self, node: &NodeId) {
+        if let Some(set) = self.by_node.remove(node) {
+            for f in set {
+                self.tree.remove(&f, node);
+            }
+        }
+    }
+
+    /// The nodes with at least one subscription matching `topic`, each once.
+    pub fn nodes_for(&self, topic: &str) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = Vec::new();
+        self.tree.for_each_match(topic, |_, node, _| {
+            if !nodes.contains(node) {
+                nodes.push(node.clone());
+            }
+        });
+        nodes
+    }
+
+    /// (count, hash) of what we hold for `node`, to compare with its digest.
+    pub fn digest_of(&self, node: &NodeId) -> (u64, u64) {
+        match self.by_node.get(node) {
+            Some(set) => (set.len() as u64, filter_set_hash(set.iter().map(String::as_str))),
+            None => (0, filter_set_hash(std::iter::empty())),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> NodeId {
+        NodeId::from(s)
+    }
+
+    #[test]
+    fn one_forward_per_node() {
+        let mut r = RemoteRoutes::default();
+        r.add(&n("b"), ["a/#".to_string(), "a/+".to_string()]);
+        r.add(&n("c"), ["x".to_string()]);
+        assert_eq!(r.nodes_for("a/1"), vec![n("b")]);
+        assert!(r.nodes_for("y").is_empty());
+    }
+
+    #[test]
+    fn snapshot_replaces_and_drop_forgets() {
+        let mut r = RemoteRoutes::default();
+        r.add(&n("b"), ["old".to_string()]);
+        r.replace(&n("b"), vec!["new".to_string()]);
+        assert!(r.nodes_for("old").is_empty());
+        assert_eq!(r.nodes_for("new"), vec![n("b")]);
+        assert_eq!(r.digest_of(&n("b")), (1, filter_set_hash(["new"].into_iter())));
+        r.drop_node(&n("b"));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn deltas_lost_and_repaired_by_digest() {
+        // b holds {a, b}; we missed the delta for "b": the digest shows it.
+        let mut r = RemoteRoutes::default();
+        r.add(&n("b"), ["a".to_string()]);
+        let theirs = (2, filter_set_hash(["a", "b"].into_iter()));
+        assert_ne!(r.digest_of(&n("b")), theirs);
+        r.replace(&n("b"), vec!["a".into(), "b".into()]);
+        assert_eq!(r.digest_of(&n("b")), theirs);
+    }
+}

@@ -1,0 +1,259 @@
+//! Cluster TCP transport: the listener for peers' connections and one dialer per known
+//! address. Each node sends over the connection it dialed and receives over the ones it
+//! accepted; messages for a peer wait in that peer's outbox while its connection is down, so
+//! a reconnect does not lose them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::wire::{self, Hello};
+use super::{Cluster, CoreEvent, NodeId};
+
+/// How long a handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> anyhow::Result<Vec<u8>> {
+    let mut header = [0u8; 4];
+    reader.read_exact(&mut header).await?;
+    let len = wire::frame_len(header)?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+fn our_hello(cluster: &Cluster, chosen_version: u16, refusal: Option<String>) -> Hello {
+    Hello {
+        magic: wire::MAGIC,
+        min_version: wire::MIN_VERSION,
+        max_version: wire::MAX_VERSION,
+        node: cluster.me.to_string(),
+        address: cluster.settings.advertised.clone(),
+        chosen_version,
+        refusal,
+    }
+}
+
+/// Accepts peers' connections until the cluster stops.
+pub async fn listen(cluster: Arc<Cluster>, listener: TcpListener) {
+    let mut stop = cluster.stop.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let cluster = cluster.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_inbound(&cluster, stream).await {
+                        tracing::debug!(%peer, "cluster connection ended: {e:#}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("cluster accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// An accepted connection: answer the hello, then pass every message to the core.
+async fn serve_inbound(cluster: &Arc<Cluster>, mut stream: TcpStream) -> anyhow::Result<()> {
+    let body = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream)).await??;
+    let hello = wire::decode_hello(&body)?;
+    let Some(version) = wire::negotiate(hello.min_version, hello.max_version) else {
+        let why = format!(
+            "node {} at {} speaks cluster protocol versions {}..={}, this node speaks {}..={}: connection refused",
+            hello.node,
+            hello.address,
+            hello.min_version,
+            hello.max_version,
+            wire::MIN_VERSION,
+            wire::MAX_VERSION
+        );
+        tracing::warn!("{why}");
+        stream
+            .write_all(&wire::encode(&our_hello(cluster, 0, Some(why))))
+            .await?;
+        return Ok(());
+    };
+    stream
+        .write_all(&wire::encode(&our_hello(cluster, version, None)))
+        .await?;
+    let node = NodeId::from(hello.node.as_str());
+    if node == cluster.me {
+        return Ok(()); // our own address in the discovery list
+    }
+    cluster.core(CoreEvent::Inbound {
+        node: node.clone(),
+        address: hello.address.clone(),
+    });
+    let mut stop = cluster.stop.subscribe();
+    let result = tokio::select! {
+        result = read_messages(cluster, &node, &mut stream) => result,
+        _ = stop.wait_for(|s| *s) => Ok(()),
+    };
+    cluster.core(CoreEvent::ConnectionLost { node });
+    result
+}
+
+async fn read_messages(cluster: &Arc<Cluster>, node: &NodeId, stream: &mut TcpStream) -> anyhow::Result<()> {
+    loop {
+        let body = read_frame(stream).await?;
+        match wire::decode_message(&body) {
+            Ok(message) => cluster.core(CoreEvent::Message {
+                node: node.clone(),
+                message,
+            }),
+            Err(e) => {
+                // A peer that sends junk is cut off; it reconnects and resyncs.
+                anyhow::bail!("invalid message from {node}: {e}");
+            }
+        }
+    }
+}
+
+/// Connects to one address for as long as the cluster runs, sending the outbox of the node
+/// found there and a heartbeat when idle.
+pub async fn dial(cluster: Arc<Cluster>, address: String) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match connect(&cluster, &address).await {
+            Ok(Dialed::Myself) => {
+                tracing::debug!(%address, "this address is our own");
+                cluster.core(CoreEvent::AttemptDone {
+                    address: address.clone(),
+                });
+                return;
+            }
+            Ok(Dialed::Peer(node, stream)) => {
+                backoff = Duration::from_millis(100);
+                cluster.core(CoreEvent::Connected {
+                    node: node.clone(),
+                    address: address.clone(),
+                });
+                cluster.core(CoreEvent::AttemptDone {
+                    address: address.clone(),
+                });
+                let outbox = cluster.outbox(&node);
+                let mut stop = cluster.stop.subscribe();
+                let e = tokio::select! {
+                    e = send_loop(&cluster, &outbox, stream) => e,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                tracing::debug!(%node, %address, "cluster link down: {e:#}");
+                cluster.core(CoreEvent::ConnectionLost { node });
+            }
+            Err(e) => {
+                tracing::debug!(%address, "cannot reach cluster node: {e:#}");
+                cluster.core(CoreEvent::AttemptDone {
+                    address: address.clone(),
+                });
+            }
+        }
+        if *cluster.stop.borrow() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+enum Dialed {
+    Myself,
+    Peer(NodeId, TcpStream),
+}
+
+async fn connect(cluster: &Arc<Cluster>, address: &str) -> anyhow::Result<Dialed> {
+    let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(address)).await??;
+    let _ = stream.set_nodelay(true);
+    stream.write_all(&wire::encode(&our_hello(cluster, 0, None))).await?;
+    let body = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream)).await??;
+    let answer = wire::decode_hello(&body)?;
+    if let Some(why) = answer.refusal {
+        anyhow::bail!("refused by {}: {why}", answer.node);
+    }
+    let node = NodeId::from(answer.node.as_str());
+    if node == cluster.me {
+        return Ok(Dialed::Myself);
+    }
+    anyhow::ensure!(
+        (wire::MIN_VERSION..=wire::MAX_VERSION).contains(&answer.chosen_version),
+        "{} chose protocol version {}, which this node does not speak",
+        answer.node,
+        answer.chosen_version
+    );
+    Ok(Dialed::Peer(node, stream))
+}
+
+/// An encoded frame, shared when the same one goes to several nodes.
+type Frame = Arc<Vec<u8>>;
+
+/// Messages queued for one node. Survives its connections.
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Frame>,
+    /// The queue, and a frame whose write failed, to be sent first on the next connection.
+    rx: tokio::sync::Mutex<(mpsc::UnboundedReceiver<Frame>, Option<Frame>)>,
+    /// Bytes queued and not yet written, to shed QoS 0 forwards to a slow peer.
+    pub queued_bytes: std::sync::atomic::AtomicUsize,
+}
+
+impl Outbox {
+    pub fn new() -> Outbox {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Outbox {
+            tx,
+            rx: tokio::sync::Mutex::new((rx, None)),
+            queued_bytes: Default::default(),
+        }
+    }
+
+    pub fn push(&self, frame: Frame) {
+        self.queued_bytes
+            .fetch_add(frame.len(), std::sync::atomic::Ordering::Relaxed);
+        let _ = self.tx.send(frame);
+    }
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox::new()
+    }
+}
+
+async fn send_loop<W: AsyncWrite + Unpin>(cluster: &Arc<Cluster>, outbox: &Outbox, mut stream: W) -> anyhow::Error {
+    // One connection at a time drains a node's outbox; a second dialer to the same node waits.
+    let mut guard = outbox.rx.lock().await;
+    let mut heartbeat = tokio::time::interval(cluster.settings.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let beat = Arc::new(wire::encode(&wire::Message::Heartbeat));
+    loop {
+        let (rx, retry) = &mut *guard;
+        let frame = match retry.take() {
+            Some(f) => f,
+            None => tokio::select! {
+                f = rx.recv() => match f {
+                    Some(f) => f,
+                    None => return anyhow::anyhow!("outbox closed"),
+                },
+                _ = heartbeat.tick() => beat.clone(),
+            },
+        };
+        if let Err(e) = stream.write_all(&frame).await {
+            // Kept for the next connection.
+            *retry = Some(frame);
+            return e.into();
+        }
+        if !Arc::ptr_eq(&frame, &beat) {
+            outbox
+                .queued_bytes
+                .fetch_sub(frame.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}

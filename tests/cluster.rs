@@ -1,0 +1,262 @@
+//! Several nodes in one process on loopback ports: membership, routing between nodes and
+//! cluster-wide retained messages. (Separate processes on separate hosts: tests/cluster_hosts.rs.)
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use apiary::config::Config;
+use apiary::mqtt::{Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use bytes::Bytes;
+use common::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn node_config(port: u16, peers: &[u16]) -> Config {
+    let nodes: String = peers
+        .iter()
+        .map(|p| format!("<node><host>127.0.0.1</host><port>{p}</port></node>"))
+        .collect();
+    let xml = format!(
+        "<hivemq>
+           <listeners><tcp-listener><port>0</port><bind-address>127.0.0.1</bind-address></tcp-listener></listeners>
+           <cluster>
+             <enabled>true</enabled>
+             <transport><tcp><bind-address>127.0.0.1</bind-address><bind-port>{port}</bind-port></tcp></transport>
+             <discovery><static>{nodes}</static></discovery>
+             <failure-detection><heartbeat><interval>200</interval><timeout>1000</timeout></heartbeat></failure-detection>
+           </cluster>
+         </hivemq>"
+    );
+    Config::parse(&xml, "test.xml", &|_| None).expect("valid test config")
+}
+
+async fn start_cluster(n: usize) -> Vec<TestBroker> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let starts = ports.iter().map(|p| {
+        let config = node_config(*p, &ports);
+        async move { TestBroker::start_in(tempfile::tempdir().unwrap(), config).await }
+    });
+    let nodes = futures_join_all(starts).await;
+    for node in &nodes {
+        wait_until("the cluster formed", || {
+            node.broker().cluster().is_some_and(|c| c.size() == n)
+        })
+        .await;
+    }
+    nodes
+}
+
+/// Runs the futures concurrently (nodes wait for each other while joining).
+async fn futures_join_all<F: std::future::Future<Output = TestBroker> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<TestBroker> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("node start"));
+    }
+    out
+}
+
+fn publish(topic: &str, qos: QoS, packet_id: u16, retain: bool, payload: &str) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: topic.into(),
+        packet_id,
+        properties: Properties::default(),
+        payload: Bytes::from(payload.to_owned()),
+    })
+}
+
+async fn subscriber(addr: SocketAddr, id: &str, filter: &str) -> RawClient {
+    let (mut c, _) = RawClient::connect(addr, connect_packet(ProtocolVersion::V5, id, true)).await;
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(
+            filter.into(),
+            SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                ..Default::default()
+            },
+        )],
+    }))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
+    c
+}
+
+/// Three nodes started at once form one cluster; a message published on any node reaches the
+/// subscribers of every node, once, in order, at the QoS they asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_route_messages_between_each_other() {
+    let nodes = start_cluster(3).await;
+    let ids: std::collections::HashSet<String> = nodes
+        .iter()
+        .map(|n| n.broker().cluster().unwrap().id().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "every node has its own cluster id");
+
+    let mut on_1 = subscriber(nodes[0].addr, "s1", "cross/#").await;
+    let mut on_3 = subscriber(nodes[2].addr, "s3", "cross/#").await;
+    // Routes reach the other nodes asynchronously: publish until the far subscriber has one.
+    let (mut publ, _) = RawClient::connect(nodes[1].addr, connect_packet(ProtocolVersion::V5, "p2", true)).await;
+    let mut pid = 0;
+    loop {
+        pid += 1;
+        publ.send(&publish("cross/probe", QoS::AtLeastOnce, pid, false, "probe"))
+            .await;
+        assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+        if let Ok(Some(Packet::Publish(_))) = on_3.recv_within(Duration::from_millis(200)).await {
+            break;
+        }
+        assert!(pid < 50, "routes never reached node 3");
+    }
+    // Drain node 1's probes (its route is local or already known).
+    while let Ok(Some(_)) = on_1.recv_within(Duration::from_millis(200)).await {}
+    while let Ok(Some(_)) = on_3.recv_within(Duration::from_millis(200)).await {}
+
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        pid += 1;
+        publ.send(&publish(&format!("cross/{i}"), qos, pid, false, &format!("m{i}")))
+            .await;
+        if qos == QoS::AtLeastOnce {
+            assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+        }
+        if qos == QoS::ExactlyOnce {
+            assert!(matches!(publ.recv().await, Some(Packet::PubRec(_))));
+            publ.send(&Packet::PubRel(apiary::mqtt::PubResponse {
+                packet_id: pid,
+                reason: 0,
+                properties: Properties::default(),
+            }))
+            .await;
+        }
+        for sub in [&mut on_1, &mut on_3] {
+            loop {
+                match sub.recv().await {
+                    Some(Packet::Publish(p)) => {
+                        assert_eq!(p.payload, Bytes::from(format!("m{i}")));
+                        assert_eq!(p.qos, qos);
+                        if qos == QoS::AtLeastOnce {
+                            sub.send(&Packet::PubAck(apiary::mqtt::PubResponse {
+                                packet_id: p.packet_id,
+                                reason: 0,
+                                properties: Properties::default(),
+                            }))
+                            .await;
+                        }
+                        if qos == QoS::ExactlyOnce {
+                            sub.send(&Packet::PubRec(apiary::mqtt::PubResponse {
+                                packet_id: p.packet_id,
+                                reason: 0,
+                                properties: Properties::default(),
+                            }))
+                            .await;
+                        }
+                        break;
+                    }
+                    Some(Packet::PubRel(r)) => {
+                        sub.send(&Packet::PubComp(r)).await;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    }
+    // Order per publisher and topic across nodes.
+    for i in 0..50u16 {
+        publ.send(&publish("cross/order", QoS::AtMostOnce, 0, false, &i.to_string()))
+            .await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 50 {
+        match on_3.recv().await {
+            Some(Packet::Publish(p)) if p.topic == "cross/order" => {
+                seen.push(String::from_utf8_lossy(&p.payload).to_string())
+            }
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    assert_eq!(seen, (0..50).map(|i| i.to_string()).collect::<Vec<_>>());
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// A retained message published on node A is there for a subscriber on node B right after
+/// the PUBACK (read-your-writes across nodes); its deletion too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_is_cluster_wide_right_after_the_ack() {
+    let nodes = start_cluster(3).await;
+    let (mut publ, _) = RawClient::connect(nodes[0].addr, connect_packet(ProtocolVersion::V5, "rp", true)).await;
+    for round in 0..5u16 {
+        let value = format!("v{round}");
+        publ.send(&publish("cfg/rw", QoS::AtLeastOnce, round + 1, true, &value))
+            .await;
+        assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+        // Immediately after the ack, on another node.
+        let mut sub = subscriber(nodes[1 + usize::from(round) % 2].addr, &format!("rs{round}"), "cfg/rw").await;
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => assert_eq!(p.payload, Bytes::from(value)),
+            other => panic!("expected the retained message, got {other:?}"),
+        }
+    }
+    publ.send(&publish("cfg/rw", QoS::AtLeastOnce, 100, true, "")).await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+    let mut sub = subscriber(nodes[2].addr, "after-delete", "cfg/rw").await;
+    assert!(
+        sub.recv_within(Duration::from_millis(300)).await.is_err(),
+        "deleted everywhere"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// A node that stops leaves the cluster at once; restarted on its data folder, it comes back
+/// as itself and gets the retained messages it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_leaves_and_rejoins_as_itself() {
+    let mut nodes = start_cluster(3).await;
+    let leaving = nodes.pop().unwrap();
+    let id = leaving.broker().cluster().unwrap().id().clone();
+    let config = leaving.config.clone();
+    let dir = leaving.stop().await;
+    for n in &nodes {
+        wait_until("the others see it leave", || n.broker().cluster().unwrap().size() == 2).await;
+    }
+    let (mut publ, _) = RawClient::connect(nodes[0].addr, connect_packet(ProtocolVersion::V5, "p", true)).await;
+    publ.send(&publish("missed/while/away", QoS::AtLeastOnce, 1, true, "hello again"))
+        .await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+
+    let back = TestBroker::start_in(dir, config).await;
+    assert_eq!(
+        back.broker().cluster().unwrap().id(),
+        &id,
+        "same cluster id after restart"
+    );
+    wait_until("three again", || back.broker().cluster().unwrap().size() == 3).await;
+    // The join finished before the node served clients: the retained message is there.
+    let mut sub = subscriber(back.addr, "returning", "missed/#").await;
+    assert!(matches!(sub.recv().await, Some(Packet::Publish(p)) if p.payload == Bytes::from("hello again")));
+    back.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
