@@ -254,7 +254,7 @@ async fn node_leaves_and_rejoins_as_itself() {
     wait_until("three again", || back.broker().cluster().unwrap().size() == 3).await;
     // The join finished before the node served clients: the retained message is there.
     let mut sub = subscriber(back.addr, "returning", "missed/#").await;
-    assert!(matches!(sub.recv().await, Some(Packet::Publish(p)) if p.payload == Bytes::from("hello again")));
+    assert!(matches!(sub.recv().await, Some(Packet::Publish(p)) if p.payload == "hello again"));
     back.stop().await;
     for n in nodes {
         n.stop().await;
