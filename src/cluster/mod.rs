@@ -505,6 +505,7 @@ impl Core {
             }
             Change::Down { node, why } => {
                 tracing::warn!(%node, "node left the cluster: {why}");
+                self.cluster.outbox(&node).reset.send_modify(|g| *g += 1);
                 write(&self.cluster.routes).drop_node(&node);
                 self.syncing.remove(&node);
                 self.synced_early.remove(&node);

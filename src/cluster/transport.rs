@@ -143,8 +143,11 @@ pub async fn dial(cluster: Arc<Cluster>, address: String) {
                 });
                 let outbox = cluster.outbox(&node);
                 let mut stop = cluster.stop.subscribe();
+                let mut reset = outbox.reset.subscribe();
+                let generation = *reset.borrow_and_update();
                 let e = tokio::select! {
                     e = send_loop(&cluster, &outbox, stream) => e,
+                    _ = reset.wait_for(|g| *g != generation) => anyhow::anyhow!("reset: the node was declared down"),
                     _ = stop.wait_for(|s| *s) => return,
                 };
                 tracing::debug!(%node, %address, "cluster link down: {e:#}");
@@ -202,6 +205,9 @@ pub struct Outbox {
     rx: tokio::sync::Mutex<(mpsc::UnboundedReceiver<Frame>, Option<Frame>)>,
     /// Bytes queued and not yet written, to shed QoS 0 forwards to a slow peer.
     pub queued_bytes: std::sync::atomic::AtomicUsize,
+    /// Bumped when the node is declared down: the connection in use is dropped and dialled
+    /// again, because a silent (black-holed) TCP connection would otherwise linger for minutes.
+    pub reset: tokio::sync::watch::Sender<u64>,
 }
 
 impl Outbox {
@@ -211,6 +217,7 @@ impl Outbox {
             tx,
             rx: tokio::sync::Mutex::new((rx, None)),
             queued_bytes: Default::default(),
+            reset: tokio::sync::watch::channel(0).0,
         }
     }
 

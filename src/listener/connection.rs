@@ -348,7 +348,11 @@ impl Connection {
             if !m.retained_messages_enabled {
                 properties.retain_available = Some(0);
             }
-            properties.maximum_packet_size = Some(m.max_packet_size);
+            // Only a real limit is announced: HiveMQ's default (268435460) is above what MQTT
+            // can encode (268435455), and some clients (paho) refuse such a CONNACK.
+            if m.max_packet_size < 268_435_455 {
+                properties.maximum_packet_size = Some(m.max_packet_size);
+            }
             properties.topic_alias_maximum = Some(if m.topic_alias_enabled {
                 m.topic_alias_max_per_client
             } else {

@@ -1,0 +1,198 @@
+//! Cluster tests on real hosts: network namespaces on a bridge, one `apiary` process each,
+//! killed with SIGKILL and cut off with `ip link set … down`. Needs root and iproute2 (CI has
+//! both); elsewhere each test says so and passes without running.
+
+mod common;
+mod hosts;
+
+use std::time::{Duration, Instant};
+
+use apiary::mqtt::{Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use bytes::Bytes;
+use common::{RawClient, connect_packet};
+use hosts::{Net, Node, cluster_config};
+
+const START: Duration = Duration::from_secs(30);
+
+fn skip() -> bool {
+    if hosts::available() {
+        return false;
+    }
+    eprintln!("skipped: network namespaces need root and iproute2");
+    true
+}
+
+/// Starts node `i` of `net` (0-based) with a config listing all hosts.
+fn start(net: &Net, dir: &std::path::Path, i: usize, health_check: bool) -> Node {
+    let all: Vec<_> = net.hosts.iter().map(|h| h.ip).collect();
+    let host = &net.hosts[i];
+    Node::spawn(
+        &format!("node{}", i + 1),
+        &host.ns,
+        host.ip,
+        &dir.join(format!("n{}", i + 1)),
+        &cluster_config(host.ip, &all, health_check),
+    )
+}
+
+async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) {
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(
+            filter.into(),
+            SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        )],
+    }))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
+}
+
+fn publish(topic: &str, qos: QoS, packet_id: u16, retain: bool, payload: &str) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: topic.into(),
+        packet_id,
+        properties: Properties::default(),
+        payload: Bytes::from(payload.to_owned()),
+    })
+}
+
+/// Nodes started one after another, in reverse order, form one cluster; messages cross it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formation_in_any_order_and_pubsub_across_hosts() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for i in [2, 0, 1] {
+        let node = start(&net, dir.path(), i, true);
+        node.wait_log("Started Apiary in", START);
+        nodes.push(node);
+    }
+    for n in &nodes {
+        n.wait_size(3, START);
+        assert!(
+            n.log_text().contains("Finished cluster join process successfully."),
+            "{}",
+            n.log_text()
+        );
+    }
+    // nodes[1] is node1, nodes[0] is node3.
+    let (mut sub, _) = RawClient::connect(nodes[1].mqtt, connect_packet(ProtocolVersion::V5, "sub-on-1", true)).await;
+    subscribe(&mut sub, "hosts/#", QoS::AtLeastOnce).await;
+    let (mut publ, _) = RawClient::connect(nodes[0].mqtt, connect_packet(ProtocolVersion::V5, "pub-on-3", true)).await;
+    // Retained first: it is on every node once acknowledged.
+    publ.send(&publish("hosts/retained", QoS::AtLeastOnce, 1, true, "kept"))
+        .await;
+    assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+    let (mut late, _) = RawClient::connect(nodes[2].mqtt, connect_packet(ProtocolVersion::V5, "late-on-2", true)).await;
+    subscribe(&mut late, "hosts/retained", QoS::AtLeastOnce).await;
+    assert!(matches!(late.recv().await, Some(Packet::Publish(p)) if p.payload == "kept"));
+    // The route from node 1 reaches node 3 asynchronously.
+    let deadline = Instant::now() + START;
+    let mut pid = 1;
+    loop {
+        pid += 1;
+        publ.send(&publish("hosts/live", QoS::AtLeastOnce, pid, false, "x"))
+            .await;
+        assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+        match sub.recv_within(Duration::from_millis(300)).await {
+            Ok(Some(Packet::Publish(p))) if p.topic == "hosts/live" || p.topic == "hosts/retained" => break,
+            _ => assert!(Instant::now() < deadline, "no message crossed from node 3 to node 1"),
+        }
+    }
+}
+
+/// SIGKILL of a node: with the TCP health check, its peers drop it at once; without, after
+/// the heartbeat timeout. Restarted on its data folder, it rejoins as itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_detection_and_rejoin() {
+    if skip() {
+        return;
+    }
+    for health_check in [true, false] {
+        let net = Net::new(3);
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes: Vec<Node> = (0..3).map(|i| start(&net, dir.path(), i, health_check)).collect();
+        for n in &nodes {
+            n.wait_log("Started Apiary in", START);
+            n.wait_size(3, START);
+        }
+        let id_line = |n: &Node| {
+            n.log_text()
+                .lines()
+                .find(|l| l.contains("cluster id"))
+                .map(|l| l.split("cluster id ").nth(1).unwrap_or("").to_string())
+        };
+        let before = id_line(&nodes[2]);
+        let killed_at = Instant::now();
+        nodes[2].kill();
+        let detected = nodes[0].wait_size(2, START);
+        nodes[1].wait_size(2, START);
+        let took = detected - killed_at;
+        eprintln!(
+            "failure detection (SIGKILL → removal), health check {health_check}: {} ms",
+            took.as_millis()
+        );
+        if health_check {
+            assert!(
+                took < Duration::from_millis(1500),
+                "the health check removes a killed node at once, took {took:?}"
+            );
+        } else {
+            assert!(
+                took >= Duration::from_millis(1500),
+                "without the health check, the heartbeat timeout decides, took {took:?}"
+            );
+        }
+        nodes[2].start();
+        nodes[2].wait_log("Started Apiary in", START);
+        for n in &nodes {
+            n.wait_size(3, START);
+        }
+        assert_eq!(
+            id_line(&nodes[2]),
+            before,
+            "the node came back with the same cluster id"
+        );
+    }
+}
+
+/// A node cut off the network (no FIN, no RST) is dropped after the heartbeat timeout; when the
+/// link comes back, the sides merge into one cluster again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_and_merge() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<Node> = (0..3).map(|i| start(&net, dir.path(), i, true)).collect();
+    for n in &nodes {
+        n.wait_log("Started Apiary in", START);
+        n.wait_size(3, START);
+    }
+    net.set_link(2, false);
+    nodes[0].wait_size(2, START);
+    nodes[1].wait_size(2, START);
+    nodes[2].wait_size(1, START);
+    net.set_link(2, true);
+    for n in &nodes {
+        n.wait_size(3, START);
+    }
+    let merged = nodes
+        .iter()
+        .any(|n| n.log_text().contains("Starting cluster merge process."))
+        && nodes
+            .iter()
+            .any(|n| n.log_text().contains("Finished cluster merge process successfully."));
+    assert!(merged, "merge log lines: {}", nodes[2].log_text());
+}
