@@ -260,3 +260,131 @@ async fn node_leaves_and_rejoins_as_itself() {
         n.stop().await;
     }
 }
+
+/// A client id is unique in the cluster: connecting on node B takes the session over from
+/// node A — the old connection gets 0x8E, and the subscriptions, queued messages and in-flight
+/// packet ids move along [MQTT-3.1.4-3].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_takeover_across_nodes() {
+    let nodes = start_cluster(2).await;
+    let mut connect = connect_packet(ProtocolVersion::V5, "roamer", false);
+    connect.properties.session_expiry_interval = Some(300);
+    connect.properties.receive_maximum = Some(1);
+    let (mut on_a, _) = RawClient::connect(nodes[0].addr, connect.clone()).await;
+    on_a.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(
+            "roam/#".into(),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        )],
+    }))
+    .await;
+    assert!(matches!(on_a.recv().await, Some(Packet::SubAck(_))));
+    // Two messages: one in flight (never acked), one queued behind the window of 1.
+    let (mut publ, _) = RawClient::connect(nodes[0].addr, connect_packet(ProtocolVersion::V5, "pa", true)).await;
+    publ.send(&publish("roam/1", QoS::AtLeastOnce, 1, false, "first")).await;
+    publ.send(&publish("roam/2", QoS::AtLeastOnce, 2, false, "second"))
+        .await;
+    let Some(Packet::Publish(inflight)) = on_a.recv().await else {
+        panic!()
+    };
+    assert_eq!(inflight.payload, "first");
+    wait_until("one queued", || {
+        nodes[0]
+            .broker()
+            .session_info("roamer")
+            .is_some_and(|s| s.inflight == 1 && s.queued == 1)
+    })
+    .await;
+
+    let (mut on_b, ack) = RawClient::connect(nodes[1].addr, connect).await;
+    assert!(ack.session_present, "the session came along");
+    let seen = on_a.until_closed().await;
+    assert!(
+        matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == 0x8E),
+        "{seen:?}"
+    );
+    assert!(
+        nodes[0].broker().session_info("roamer").is_none(),
+        "exactly one session: on B"
+    );
+    // The in-flight message comes again with its packet id and DUP, then the queued one.
+    let Some(Packet::Publish(again)) = on_b.recv().await else {
+        panic!()
+    };
+    assert!(again.dup && again.packet_id == inflight.packet_id && again.payload == "first");
+    on_b.send(&Packet::PubAck(apiary::mqtt::PubResponse {
+        packet_id: again.packet_id,
+        reason: 0,
+        properties: Properties::default(),
+    }))
+    .await;
+    let Some(Packet::Publish(next)) = on_b.recv().await else {
+        panic!()
+    };
+    assert_eq!(next.payload, "second");
+    // And the subscription works on B for messages published on A.
+    on_b.send(&Packet::PubAck(apiary::mqtt::PubResponse {
+        packet_id: next.packet_id,
+        reason: 0,
+        properties: Properties::default(),
+    }))
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut pid = 10;
+    loop {
+        pid += 1;
+        publ.send(&publish("roam/3", QoS::AtLeastOnce, pid, false, "third"))
+            .await;
+        assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+        if let Ok(Some(Packet::Publish(p))) = on_b.recv_within(Duration::from_millis(300)).await {
+            assert_eq!(p.payload, "third");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the route to B never arrived");
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// Two connections with one client id racing on two nodes end with exactly one session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_client_ids_end_with_one_session() {
+    let nodes = start_cluster(2).await;
+    for round in 0..5 {
+        let id = format!("racer{round}");
+        let (a, b) = (nodes[0].addr, nodes[1].addr);
+        let c1 = connect_packet(ProtocolVersion::V5, &id, false);
+        let c2 = c1.clone();
+        let (r1, r2) = tokio::join!(RawClient::connect(a, c1), RawClient::connect(b, c2));
+        let (mut k1, mut k2) = (r1.0, r2.0);
+        // Whatever the interleaving, at most one of the two stays connected, and one session
+        // exists in the cluster.
+        let gone1 = matches!(
+            k1.recv_within(Duration::from_millis(500)).await,
+            Ok(None) | Ok(Some(Packet::Disconnect(_)))
+        );
+        let gone2 = matches!(
+            k2.recv_within(Duration::from_millis(500)).await,
+            Ok(None) | Ok(Some(Packet::Disconnect(_)))
+        );
+        assert!(gone1 || gone2, "round {round}: both connections stayed");
+        let sessions = nodes
+            .iter()
+            .filter(|n| n.broker().session_info(&id).is_some_and(|s| s.connected))
+            .count();
+        assert!(sessions <= 1, "round {round}: {sessions} live sessions");
+        wait_until("one session in the cluster", || {
+            nodes.iter().filter(|n| n.broker().session_info(&id).is_some()).count() == 1
+        })
+        .await;
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}

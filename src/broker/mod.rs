@@ -22,6 +22,7 @@ use crate::mqtt::{self, QoS, SubscriptionOptions, reason};
 use crate::store::records::{OutgoingRecord, SubscriptionRecord, WillRecord};
 use crate::store::{Loaded, Store, StoreError, StoreOp, Ticket};
 use message::{Message, now_ms};
+pub use session::{ClaimStamp, SessionExport};
 use session::{ConnectionHandle, Effects, Outbound, QueueLimits, Session};
 use topic_tree::TopicTree;
 
@@ -61,6 +62,9 @@ struct State {
     local_filters: HashMap<String, usize>,
     /// Route changes not yet told to the cluster: (added, removed).
     route_changes: (Vec<String>, Vec<String>),
+    /// Connections waiting for the other nodes to hand over their client id's session, with
+    /// whether a newer connection elsewhere has superseded them meanwhile.
+    claims: HashMap<Arc<str>, (ClaimStamp, bool)>,
 }
 
 impl State {
@@ -123,6 +127,19 @@ pub struct ConnectRequest {
     pub expiry_interval: u32,
     pub will: Option<WillRecord>,
     pub connection: ConnectionHandle,
+    /// In a cluster: the session handed over by the node that held it, and this connection's
+    /// claim stamp.
+    pub imported: Option<SessionExport>,
+    pub claim: Option<ClaimStamp>,
+}
+
+/// A node's answer to another node's claim on a client id.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ClaimAnswer {
+    /// The session (if this node had one) is handed over and gone from here.
+    Handover(Option<SessionExport>),
+    /// A newer connection of the client id is here: the claim loses.
+    Refused,
 }
 
 pub struct ConnectOutcome {
@@ -301,11 +318,72 @@ impl Broker {
 
     // ----- connect / disconnect -----------------------------------------------------------
 
-    pub fn connect(self: &Arc<Self>, req: ConnectRequest) -> ConnectOutcome {
+    /// Registers a connection of `client` that is asking the other nodes for its session.
+    pub fn begin_claim(&self, client: &Arc<str>, stamp: ClaimStamp) {
+        self.lock().claims.insert(client.clone(), (stamp, false));
+    }
+
+    /// Forgets a claim whose connection was refused.
+    pub fn end_claim(&self, client: &Arc<str>) {
+        self.lock().claims.remove(client);
+    }
+
+    /// Another node's connection of `client` claims the session: hand it over unless a newer
+    /// connection of that id is here (or waiting here).
+    pub fn answer_claim(self: &Arc<Self>, client: &str, stamp: &ClaimStamp, clean_start: bool) -> ClaimAnswer {
+        let now = now_ms();
+        let mut state = self.lock();
+        let client: Arc<str> = Arc::from(client);
+        if let Some((ours, superseded)) = state.claims.get_mut(&client) {
+            if *ours > *stamp {
+                return ClaimAnswer::Refused;
+            }
+            *superseded = true;
+        }
+        let Some(session) = state.sessions.get_mut(&client) else {
+            return ClaimAnswer::Handover(None);
+        };
+        if session.connection.is_some() && session.claim.as_ref().is_some_and(|ours| ours > stamp) {
+            return ClaimAnswer::Refused;
+        }
+        let mut effects = Effects::default();
+        if let Some(old) = session.connection.take() {
+            effects
+                .sends
+                .push((old.tx.clone(), Outbound::Disconnect(reason::SESSION_TAKEN_OVER), false));
+        }
+        session.generation += 1;
+        take_shared_pending(&mut state, &client, self.limits(), now, &mut effects);
+        let Some(session) = state.sessions.get_mut(&client) else {
+            return ClaimAnswer::Handover(None);
+        };
+        // The old connection's will: published when the session ends or has no delay, else
+        // cancelled by the new connection [MQTT-3.1.3-9].
+        if let Some(will) = session.will.take()
+            && (clean_start || will.delay_secs == 0)
+        {
+            effects.publish.push(will.message);
+        }
+        let export = session.export();
+        remove_session(&mut state, &client, &mut effects);
+        tracing::debug!(client = %client, "session handed over to node {}", stamp.1);
+        self.finish(&mut state, effects, Vec::new());
+        ClaimAnswer::Handover(Some(export))
+    }
+
+    /// Connects a client. In a cluster, `None` when a newer connection of the same client id
+    /// on another node superseded this one while it waited for the handover.
+    pub fn connect(self: &Arc<Self>, req: ConnectRequest) -> Option<ConnectOutcome> {
         let now = now_ms();
         let mut state = self.lock();
         let mut effects = Effects::default();
         let client = req.client_id.clone();
+        if let Some((_, true)) = state.claims.remove(&client) {
+            return None;
+        }
+        if let Some(export) = req.imported {
+            self.install_imported(&mut state, &client, export, &mut effects);
+        }
 
         let mut session_present = false;
         if let Some(existing) = state.sessions.get_mut(&client) {
@@ -342,6 +420,7 @@ impl Broker {
         session.generation += 1;
         session.disconnected_at_ms = None;
         session.will = req.will;
+        session.claim = req.claim;
         if session.is_persistent() {
             if was_persistent {
                 effects.ops.push(StoreOp::PutSession(client.clone(), session.record()));
@@ -354,9 +433,31 @@ impl Broker {
         }
         session.resume(now, &mut effects);
         let ticket = self.finish(&mut state, effects, Vec::new());
-        ConnectOutcome {
+        Some(ConnectOutcome {
             session_present,
             ticket,
+        })
+    }
+
+    /// Installs a session handed over by another node (replacing a stale local copy).
+    fn install_imported(&self, state: &mut State, client: &Arc<str>, export: SessionExport, effects: &mut Effects) {
+        remove_session(state, client, effects);
+        let now = now_ms();
+        let outgoing: Vec<(u64, OutgoingRecord)> = export.outgoing.into_iter().map(|r| (state.seq(), r)).collect();
+        let record = crate::store::records::SessionRecord {
+            expiry_interval: export.expiry_interval,
+            disconnected_at_ms: Some(now),
+            will: None,
+        };
+        let session = Session::restore(client.clone(), &record, outgoing, export.incoming_qos2, now);
+        state.sessions.insert(client.clone(), session);
+        for (filter, record) in export.subscriptions {
+            add_subscription(state, client, filter, record);
+        }
+        if let Some(session) = state.sessions.get(client)
+            && session.is_persistent()
+        {
+            effects.ops.extend(session.full_record_ops());
         }
     }
 

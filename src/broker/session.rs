@@ -79,6 +79,22 @@ pub struct Session {
     /// Bumped on every connect and disconnect; timers carry it and are ignored when stale.
     pub generation: u64,
     pub disconnected_at_ms: Option<u64>,
+    /// When and where the current connection was made: in a cluster, the newer connection
+    /// of a client id wins.
+    pub claim: Option<ClaimStamp>,
+}
+
+/// (connect time in Unix ms, node id): orders the connections of one client id across nodes.
+pub type ClaimStamp = (u64, String);
+
+/// A session moving to another node when its client connects there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionExport {
+    pub expiry_interval: u32,
+    pub subscriptions: Vec<(String, SubscriptionRecord)>,
+    /// Oldest first; in-flight messages keep their packet ids.
+    pub outgoing: Vec<OutgoingRecord>,
+    pub incoming_qos2: Vec<u16>,
 }
 
 impl Session {
@@ -95,6 +111,7 @@ impl Session {
             will: None,
             generation: 0,
             disconnected_at_ms: None,
+            claim: None,
         }
     }
 
@@ -127,6 +144,18 @@ impl Session {
         s.next_packet_id = s.inflight.keys().next_back().map_or(1, |p| p.wrapping_add(1).max(1));
         s.incoming_qos2 = incoming_qos2.into_iter().collect();
         s
+    }
+
+    /// Everything a session carries to another node.
+    pub fn export(&self) -> SessionExport {
+        let mut outgoing: Vec<&(u64, OutgoingRecord)> = self.inflight.values().chain(self.queue.iter()).collect();
+        outgoing.sort_by_key(|(seq, _)| *seq);
+        SessionExport {
+            expiry_interval: self.expiry_interval,
+            subscriptions: self.subscriptions.iter().map(|(f, r)| (f.clone(), *r)).collect(),
+            outgoing: outgoing.into_iter().map(|(_, r)| r.clone()).collect(),
+            incoming_qos2: self.incoming_qos2.iter().copied().collect(),
+        }
     }
 
     pub fn is_persistent(&self) -> bool {

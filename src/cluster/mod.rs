@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::broker::Broker;
 use crate::broker::message::Message;
+use crate::broker::{Broker, ClaimAnswer, ClaimStamp, SessionExport};
 use crate::config::{ClusterConfig, ClusterTransport, Discovery};
 use membership::{Change, FailureDetection, Membership};
 use routes::RemoteRoutes;
@@ -113,6 +113,18 @@ pub(crate) enum CoreEvent {
 /// Pending retained replications: seq → peers still to acknowledge, and who waits.
 type PendingAcks = HashMap<u64, (HashSet<NodeId>, oneshot::Sender<()>)>;
 
+/// A claim on a client id waiting for the other nodes' answers.
+struct PendingClaim {
+    waiting: HashSet<NodeId>,
+    found: Option<SessionExport>,
+    refused: bool,
+    done: Option<oneshot::Sender<Result<Option<SessionExport>, ClaimRefused>>>,
+}
+
+/// Another node has a newer connection of the client id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimRefused;
+
 pub struct Cluster {
     pub(crate) me: NodeId,
     pub(crate) settings: Settings,
@@ -124,6 +136,8 @@ pub struct Cluster {
     outboxes: Mutex<HashMap<NodeId, Arc<Outbox>>>,
     retained_seq: AtomicU64,
     pending_acks: Mutex<PendingAcks>,
+    claims: Mutex<HashMap<u64, PendingClaim>>,
+    next_claim: AtomicU64,
     stopping: AtomicBool,
     /// Turns true when the node leaves: the listener, dialers and core stop.
     pub(crate) stop: watch::Sender<bool>,
@@ -155,6 +169,8 @@ impl Cluster {
             outboxes: Mutex::new(HashMap::new()),
             retained_seq: AtomicU64::new(0),
             pending_acks: Mutex::new(HashMap::new()),
+            claims: Mutex::new(HashMap::new()),
+            next_claim: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             stop: watch::channel(false).0,
             joined,
@@ -283,6 +299,90 @@ impl Cluster {
         for s in done {
             if let Some((_, tx)) = pending.remove(&s) {
                 let _ = tx.send(());
+            }
+        }
+    }
+
+    /// A client connected here: asks every node for its session. Returns the handed-over
+    /// session (if one existed), or `ClaimRefused` if a newer connection of the id is
+    /// elsewhere. Waits at most the heartbeat timeout for a silent node.
+    pub async fn claim_session(
+        &self,
+        client: &str,
+        stamp: &ClaimStamp,
+        clean_start: bool,
+    ) -> Result<Option<SessionExport>, ClaimRefused> {
+        let peers = self.alive_peers();
+        if peers.is_empty() {
+            return Ok(None);
+        }
+        let request = self.next_claim.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        let claim = PendingClaim {
+            waiting: peers.iter().cloned().collect(),
+            found: None,
+            refused: false,
+            done: Some(tx),
+        };
+        self.claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request, claim);
+        let message = wire::Message::SessionClaim {
+            request,
+            client: client.to_owned(),
+            stamp: stamp.clone(),
+            clean_start,
+        };
+        let frame = Arc::new(wire::encode(&message));
+        for node in peers {
+            self.outbox(&node).push(frame.clone());
+        }
+        let limit = self
+            .settings
+            .detection
+            .heartbeat_timeout
+            .unwrap_or(Duration::from_secs(10));
+        let result = tokio::time::timeout(limit, rx).await;
+        let leftover = self.claims.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
+        match result {
+            Ok(Ok(answer)) => answer,
+            // Timed out: take what arrived (a node that did not answer in time holds nothing
+            // we could wait for any longer).
+            _ => match leftover {
+                Some(c) if c.refused => Err(ClaimRefused),
+                Some(c) => Ok(c.found),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// A node answered a claim (`None`: it went down, which counts as "nothing there").
+    fn claim_answered(&self, node: &NodeId, request: Option<u64>, answer: Option<ClaimAnswer>) {
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<u64> = match request {
+            Some(r) => vec![r],
+            None => claims.keys().copied().collect(),
+        };
+        for key in keys {
+            let Some(claim) = claims.get_mut(&key) else { continue };
+            if !claim.waiting.remove(node) {
+                continue;
+            }
+            match &answer {
+                Some(ClaimAnswer::Refused) => claim.refused = true,
+                Some(ClaimAnswer::Handover(Some(export))) => claim.found = Some(export.clone()),
+                _ => {}
+            }
+            if claim.waiting.is_empty()
+                && let Some(done) = claim.done.take()
+            {
+                let result = if claim.refused {
+                    Err(ClaimRefused)
+                } else {
+                    Ok(claim.found.take())
+                };
+                let _ = done.send(result);
             }
         }
     }
@@ -472,6 +572,18 @@ impl Core {
                     self.apply(change);
                 }
             }
+            wire::Message::SessionClaim {
+                request,
+                client,
+                stamp,
+                clean_start,
+            } => {
+                let answer = cluster.broker.answer_claim(&client, &stamp, clean_start);
+                cluster.send(&node, &wire::Message::SessionHandover { request, answer });
+            }
+            wire::Message::SessionHandover { request, answer } => {
+                cluster.claim_answered(&node, Some(request), Some(answer));
+            }
         }
     }
 
@@ -511,6 +623,7 @@ impl Core {
                 self.synced_early.remove(&node);
                 self.publish_alive();
                 self.cluster.ack_retained(&node, None);
+                self.cluster.claim_answered(&node, None, None);
                 self.check_joined();
             }
         }

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::broker::message::Message as MqttMessage;
+use crate::broker::{ClaimAnswer, ClaimStamp};
 
 /// Identifies an Apiary cluster connection (and not, say, an HTTP client on the port).
 pub const MAGIC: [u8; 8] = *b"APIARY-C";
@@ -85,6 +86,18 @@ pub enum Message {
     SyncDone,
     /// The sender is leaving the cluster on purpose (shutdown).
     Leave,
+    /// A client connected on the sender: whoever holds its session hands it over (and closes
+    /// its connection with 0x8E), unless it has a newer connection of that client id.
+    SessionClaim {
+        request: u64,
+        client: String,
+        stamp: ClaimStamp,
+        clean_start: bool,
+    },
+    SessionHandover {
+        request: u64,
+        answer: ClaimAnswer,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -144,11 +157,36 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
             Some(m) => Err(WireError::BadTopic(m.topic.clone())),
             None => Ok(message),
         },
+        Message::SessionHandover {
+            answer: ClaimAnswer::Handover(Some(export)),
+            ..
+        } => {
+            let filters: Vec<String> = export.subscriptions.iter().map(|(f, _)| f.clone()).collect();
+            if let Some(bad) = filters.iter().find(|f| !valid_subscription(f)) {
+                return Err(WireError::BadTopic(bad.clone()));
+            }
+            match export.outgoing.iter().find(|o| !topics_ok(&o.message)) {
+                Some(o) => Err(WireError::BadTopic(o.message.topic.clone())),
+                None => Ok(message),
+            }
+        }
+        Message::SessionClaim { client, .. } if client.is_empty() || client.len() > 65_535 => {
+            Err(WireError::BadTopic(client.clone()))
+        }
         Message::RoutesAdded(fs) | Message::RoutesRemoved(fs) | Message::RouteSnapshot(fs) => match filters_ok(fs) {
             Some(bad) => Err(WireError::BadTopic(bad)),
             None => Ok(message),
         },
         _ => Ok(message),
+    }
+}
+
+/// A subscription as a client may write it: a filter, or a valid `$share/{group}/{filter}`.
+fn valid_subscription(filter: &str) -> bool {
+    match crate::mqtt::topic::parse_shared(filter) {
+        Ok(Some(shared)) => crate::mqtt::topic::valid_topic_filter(shared.filter),
+        Ok(None) => crate::mqtt::topic::valid_topic_filter(filter),
+        Err(_) => false,
     }
 }
 

@@ -17,9 +17,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::broker::message::Message;
+use crate::broker::ClaimStamp;
+use crate::broker::message::{self, Message};
 use crate::broker::session::{ConnectionHandle, Outbound};
 use crate::broker::{Broker, ConnectRequest, Departure};
+use crate::cluster::ClaimRefused;
 use crate::mqtt::{
     self, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS,
     SubAck, Subscribe, UnsubAck, Unsubscribe, reason, v5_connack_to_v3,
@@ -315,13 +317,39 @@ impl Connection {
             }
         });
         let client_id: Arc<str> = Arc::from(client_id);
-        let outcome = broker.connect(ConnectRequest {
-            client_id: client_id.clone(),
-            clean_start: connect.clean_start,
-            expiry_interval: expiry,
-            will,
-            connection: handle,
-        });
+        // In a cluster the client id is unique across nodes: whoever holds the session hands
+        // it over; of two connections racing, the newer wins [MQTT-3.1.4-3].
+        let (imported, claim) = match broker.cluster() {
+            Some(cluster) => {
+                let stamp: ClaimStamp = (message::now_ms(), cluster.id().to_string());
+                broker.begin_claim(&client_id, stamp.clone());
+                match cluster.claim_session(&client_id, &stamp, connect.clean_start).await {
+                    Ok(imported) => (imported, Some(stamp)),
+                    Err(ClaimRefused) => (None, None),
+                }
+            }
+            None => (None, None),
+        };
+        let superseded = broker.cluster().is_some() && claim.is_none();
+        let outcome = if superseded {
+            None
+        } else {
+            broker.connect(ConnectRequest {
+                client_id: client_id.clone(),
+                clean_start: connect.clean_start,
+                expiry_interval: expiry,
+                will,
+                connection: handle,
+                imported,
+                claim,
+            })
+        };
+        let Some(outcome) = outcome else {
+            tracing::info!(%peer, client = %client_id, "a newer connection of this client id is on another node");
+            broker.end_claim(&client_id);
+            let _ = write_packet(writer, &refuse(reason::SERVER_BUSY), version).await;
+            return None;
+        };
         if let Err(e) = broker.wait(outcome.ticket).await {
             tracing::error!(client = %client_id, "cannot accept the session: {e}");
             let _ = write_packet(writer, &refuse(reason::SERVER_UNAVAILABLE), version).await;
