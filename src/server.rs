@@ -57,6 +57,7 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
         mqtt: config.mqtt.clone(),
         restrictions: config.restrictions.clone(),
         security: config.security.clone(),
+        clustered: config.cluster.enabled,
     };
     let bound = listener::bind_all(&config.listeners)
         .await

@@ -196,3 +196,57 @@ async fn partition_and_merge() {
             .any(|n| n.log_text().contains("Finished cluster merge process successfully."));
     assert!(merged, "merge log lines: {}", nodes[2].log_text());
 }
+
+/// The will of a client whose node dies is published by the cluster — once — after failure
+/// detection plus the will delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_of_a_dead_nodes_client() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..3).map(|i| start(&net, dir.path(), i, true)).collect();
+    for n in &nodes {
+        n.wait_log("Started Apiary in", START);
+        n.wait_size(3, START);
+    }
+    let (mut watcher, _) =
+        RawClient::connect(nodes[0].mqtt, connect_packet(ProtocolVersion::V5, "watcher", true)).await;
+    subscribe(&mut watcher, "wills/#", QoS::AtLeastOnce).await;
+    let mut doomed = connect_packet(ProtocolVersion::V5, "doomed", true);
+    doomed.will = Some(apiary::mqtt::Will {
+        topic: "wills/doomed".into(),
+        payload: Bytes::from_static(b"node died"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties {
+            will_delay_interval: Some(1),
+            ..Default::default()
+        },
+    });
+    let (_doomed, ack) = RawClient::connect(nodes[2].mqtt, doomed).await;
+    assert_eq!(ack.code, 0);
+    // Let the will registration and the watcher's route reach every node.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_at = Instant::now();
+    nodes[2].kill();
+    let mut got = 0;
+    loop {
+        match watcher.recv_within(Duration::from_secs(3)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                assert_eq!(p.payload, "node died");
+                got += 1;
+                if got == 1 {
+                    let took = killed_at.elapsed();
+                    eprintln!("will of a dead node's client published after {} ms", took.as_millis());
+                    assert!(took >= Duration::from_secs(1), "not before the will delay");
+                }
+            }
+            Ok(Some(Packet::PubRel(_))) | Ok(Some(_)) => {}
+            Ok(None) => panic!("watcher disconnected"),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(got, 1, "published exactly once in the cluster");
+}

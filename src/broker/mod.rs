@@ -32,6 +32,9 @@ pub struct Settings {
     pub mqtt: MqttConfig,
     pub restrictions: Restrictions,
     pub security: Security,
+    /// Part of a cluster: the wills of clients of a node that died are published by the
+    /// other nodes, so a restarting node does not publish them again.
+    pub clustered: bool,
 }
 
 /// Who a subscription in the topic tree belongs to.
@@ -287,7 +290,11 @@ impl Broker {
                 continue;
             };
             let generation = session.generation;
-            // The node went down without the client saying goodbye: its will is due [MQTT-3.1.2-8].
+            // The node went down without the client saying goodbye: its will is due
+            // [MQTT-3.1.2-8] — unless the cluster already published it.
+            if self.settings.clustered {
+                session.will = None;
+            }
             if let Some(will) = &session.will {
                 let delay = Duration::from_secs(u64::from(will.delay_secs)).saturating_sub(gone_for);
                 timers.push(Timer::Will {
@@ -620,6 +627,15 @@ impl Broker {
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.get()
+    }
+    /// Publishes a will on behalf of the cluster (its client's node died).
+    pub fn publish_will(self: &Arc<Self>, message: Message) {
+        let mut state = self.lock();
+        let mut effects = Effects {
+            publish: vec![message],
+            ..Effects::default()
+        };
+        self.finish(&mut state, std::mem::take(&mut effects), Vec::new());
     }
 
     /// A message forwarded by another node, for local subscribers only.

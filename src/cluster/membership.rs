@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use super::NodeId;
 
+/// The reason given when a node leaves on purpose.
+pub const LEFT: &str = "it left the cluster";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailureDetection {
     /// `None` when the heartbeat is disabled.
@@ -148,7 +151,7 @@ impl Membership {
         self.peers.remove(node);
         was_alive.then(|| Change::Down {
             node: node.clone(),
-            why: "it left the cluster",
+            why: LEFT,
         })
     }
 

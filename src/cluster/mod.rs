@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::broker::message::Message;
 use crate::broker::{Broker, ClaimAnswer, ClaimStamp, SessionExport};
 use crate::config::{ClusterConfig, ClusterTransport, Discovery};
+use crate::store::records::WillRecord;
 use membership::{Change, FailureDetection, Membership};
 use routes::RemoteRoutes;
 use transport::Outbox;
@@ -106,6 +107,16 @@ pub(crate) enum CoreEvent {
     LocalRoutes {
         added: Vec<String>,
         removed: Vec<String>,
+    },
+    /// A local client's will is set (`Some`) or no longer ours to keep (`None`).
+    LocalWill {
+        client: String,
+        will: Option<WillRecord>,
+    },
+    /// The delay of a dead node's client's will is over.
+    DeadWillDue {
+        client: String,
+        generation: u64,
     },
     Tick,
 }
@@ -386,6 +397,14 @@ impl Cluster {
             }
         }
     }
+    /// A local client connected with a will (`Some`), or its will is settled here (`None`):
+    /// the other nodes keep a copy to publish if this node dies.
+    pub fn local_will(&self, client: &str, will: Option<WillRecord>) {
+        self.core(CoreEvent::LocalWill {
+            client: client.to_owned(),
+            will,
+        });
+    }
 
     /// Tells the peers we leave, so they drop us at once.
     pub async fn leave(&self) {
@@ -425,6 +444,14 @@ struct Core {
     synced_early: HashSet<NodeId>,
     joined: bool,
     ticks: u64,
+    /// Wills of our own connected clients, sent to every node that joins.
+    local_wills: HashMap<String, WillRecord>,
+    /// Wills of other nodes' clients, by node: published if that node dies.
+    remote_wills: HashMap<NodeId, HashMap<String, WillRecord>>,
+    /// Wills of dead nodes' clients waiting for their delay, with a generation so that a
+    /// client reconnecting meanwhile cancels it.
+    due_wills: HashMap<String, (u64, WillRecord)>,
+    next_generation: u64,
 }
 
 impl Core {
@@ -439,6 +466,10 @@ impl Core {
             synced_early: HashSet::new(),
             joined: false,
             ticks: 0,
+            local_wills: HashMap::new(),
+            remote_wills: HashMap::new(),
+            due_wills: HashMap::new(),
+            next_generation: 0,
             cluster,
         }
     }
@@ -498,6 +529,32 @@ impl Core {
                 }
                 if !removed.is_empty() {
                     self.cluster.broadcast(&wire::Message::RoutesRemoved(removed));
+                }
+            }
+            CoreEvent::LocalWill { client, will } => {
+                // A client connecting here cancels a dead node's pending will for it.
+                self.due_wills.remove(&client);
+                let message = match will {
+                    Some(will) => {
+                        self.local_wills.insert(client.clone(), will.clone());
+                        wire::Message::WillRegistered { client, will }
+                    }
+                    None => {
+                        if self.local_wills.remove(&client).is_none() {
+                            return;
+                        }
+                        wire::Message::WillCleared { client }
+                    }
+                };
+                self.cluster.broadcast(&message);
+            }
+            CoreEvent::DeadWillDue { client, generation } => {
+                if let Some((g, _)) = self.due_wills.get(&client)
+                    && *g == generation
+                    && let Some((_, will)) = self.due_wills.remove(&client)
+                {
+                    tracing::info!(%client, "publishing the will of a client whose node died");
+                    self.cluster.broker.publish_will(will.message);
                 }
             }
             CoreEvent::Tick => {
@@ -584,6 +641,16 @@ impl Core {
             wire::Message::SessionHandover { request, answer } => {
                 cluster.claim_answered(&node, Some(request), Some(answer));
             }
+            wire::Message::WillRegistered { client, will } => {
+                self.due_wills.remove(&client);
+                self.remote_wills.entry(node).or_default().insert(client, will);
+            }
+            wire::Message::WillCleared { client } => {
+                self.due_wills.remove(&client);
+                if let Some(wills) = self.remote_wills.get_mut(&node) {
+                    wills.remove(&client);
+                }
+            }
         }
     }
 
@@ -608,6 +675,13 @@ impl Core {
                     &wire::Message::RetainedSnapshot(cluster.broker.retained_snapshot()),
                 );
                 cluster.send(&node, &wire::Message::Members(self.membership.alive_addresses()));
+                for (client, will) in &self.local_wills {
+                    let message = wire::Message::WillRegistered {
+                        client: client.clone(),
+                        will: will.clone(),
+                    };
+                    cluster.send(&node, &message);
+                }
                 cluster.send(&node, &wire::Message::SyncDone);
                 if self.synced_early.remove(&node) {
                     self.synced(merge);
@@ -624,8 +698,40 @@ impl Core {
                 self.publish_alive();
                 self.cluster.ack_retained(&node, None);
                 self.cluster.claim_answered(&node, None, None);
+                self.take_over_wills(&node, why);
                 self.check_joined();
             }
+        }
+    }
+    /// A node failed: its clients' wills go out after their delay, published by one node —
+    /// the alive node with the smallest id, so that it happens once. A node that left on
+    /// purpose published its clients' wills itself.
+    fn take_over_wills(&mut self, node: &NodeId, why: &str) {
+        let Some(wills) = self.remote_wills.remove(node) else {
+            return;
+        };
+        if why == membership::LEFT {
+            return;
+        }
+        let responsible = self
+            .membership
+            .alive()
+            .chain(std::iter::once(&self.cluster.me))
+            .min()
+            .cloned();
+        if responsible.as_ref() != Some(&self.cluster.me) {
+            return;
+        }
+        for (client, will) in wills {
+            self.next_generation += 1;
+            let generation = self.next_generation;
+            let delay = Duration::from_secs(u64::from(will.delay_secs));
+            self.due_wills.insert(client.clone(), (generation, will));
+            let cluster = self.cluster.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                cluster.core(CoreEvent::DeadWillDue { client, generation });
+            });
         }
     }
 

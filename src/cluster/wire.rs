@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::message::Message as MqttMessage;
 use crate::broker::{ClaimAnswer, ClaimStamp};
+use crate::store::records::WillRecord;
 
 /// Identifies an Apiary cluster connection (and not, say, an HTTP client on the port).
 pub const MAGIC: [u8; 8] = *b"APIARY-C";
@@ -98,6 +99,16 @@ pub enum Message {
         request: u64,
         answer: ClaimAnswer,
     },
+    /// A client connected on the sender has this will: if the sender dies, another node
+    /// publishes it.
+    WillRegistered {
+        client: String,
+        will: WillRecord,
+    },
+    /// That client's will is no longer the sender's to keep (published, discarded, moved).
+    WillCleared {
+        client: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -169,6 +180,9 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
                 Some(o) => Err(WireError::BadTopic(o.message.topic.clone())),
                 None => Ok(message),
             }
+        }
+        Message::WillRegistered { will, .. } if !topics_ok(&will.message) => {
+            Err(WireError::BadTopic(will.message.topic.clone()))
         }
         Message::SessionClaim { client, .. } if client.is_empty() || client.len() > 65_535 => {
             Err(WireError::BadTopic(client.clone()))

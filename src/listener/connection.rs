@@ -338,7 +338,7 @@ impl Connection {
                 client_id: client_id.clone(),
                 clean_start: connect.clean_start,
                 expiry_interval: expiry,
-                will,
+                will: will.clone(),
                 connection: handle,
                 imported,
                 claim,
@@ -350,6 +350,10 @@ impl Connection {
             let _ = write_packet(writer, &refuse(reason::SERVER_BUSY), version).await;
             return None;
         };
+        // The other nodes keep the will, to publish it if this node dies.
+        if let (Some(cluster), Some(will)) = (broker.cluster(), will) {
+            cluster.local_will(&client_id, Some(will));
+        }
         if let Err(e) = broker.wait(outcome.ticket).await {
             tracing::error!(client = %client_id, "cannot accept the session: {e}");
             let _ = write_packet(writer, &refuse(reason::SERVER_UNAVAILABLE), version).await;
@@ -837,6 +841,10 @@ impl Connection {
         let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
         if !matches!(close, Close::TakenOver) {
             self.broker.disconnect(&self.client_id, self.id, departure, expiry);
+            // This node settled the will (published, scheduled or dropped it).
+            if let Some(cluster) = self.broker.cluster() {
+                cluster.local_will(&self.client_id, None);
+            }
         }
         self.rx.close();
         tracing::debug!(client = %self.client_id, ?close, "client disconnected");
