@@ -388,3 +388,52 @@ async fn racing_client_ids_end_with_one_session() {
         n.stop().await;
     }
 }
+
+/// A shared subscription group with members on two nodes gets each message exactly once in
+/// the whole cluster, spread over the members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_across_nodes() {
+    let nodes = start_cluster(3).await;
+    let mut members = [
+        subscriber(nodes[0].addr, "worker-a", "$share/workers/jobs/#").await,
+        subscriber(nodes[1].addr, "worker-b", "$share/workers/jobs/#").await,
+    ];
+    // Wait until node 3 knows both nodes' members: then its round robin alternates.
+    wait_until("group routes on node 3", || {
+        nodes[2].broker().cluster().unwrap().routes_len() == 2
+    })
+    .await;
+    let (mut publ, _) = RawClient::connect(nodes[2].addr, connect_packet(ProtocolVersion::V5, "boss", true)).await;
+    for i in 1..=20u16 {
+        publ.send(&publish("jobs/x", QoS::AtLeastOnce, i, false, &i.to_string()))
+            .await;
+        assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+    }
+    let mut received = Vec::new();
+    let mut per_member = [0; 2];
+    for (i, m) in members.iter_mut().enumerate() {
+        while let Ok(Some(Packet::Publish(p))) = m.recv_within(Duration::from_millis(500)).await {
+            m.send(&Packet::PubAck(apiary::mqtt::PubResponse {
+                packet_id: p.packet_id,
+                reason: 0,
+                properties: Properties::default(),
+            }))
+            .await;
+            received.push(String::from_utf8_lossy(&p.payload).to_string());
+            per_member[i] += 1;
+        }
+    }
+    received.sort_by_key(|s| s.parse::<u32>().unwrap());
+    assert_eq!(
+        received,
+        (1..=20).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "each message exactly once"
+    );
+    assert!(
+        per_member[0] > 0 && per_member[1] > 0,
+        "both members got work: {per_member:?}"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+}

@@ -171,11 +171,12 @@ pub struct SessionInfo {
 
 /// Where a message to route comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
+enum Origin<'a> {
     /// Published on this node (a client or a will): forwarded to other nodes too.
     Local,
-    /// Forwarded by another node: for local subscribers only.
-    Peer,
+    /// Forwarded by another node: for local subscribers only, and for the shared groups that
+    /// node chose us to serve.
+    Peer { groups: &'a [String] },
 }
 
 /// How a connection ended.
@@ -639,10 +640,15 @@ impl Broker {
     }
 
     /// A message forwarded by another node, for local subscribers only.
-    pub fn publish_from_peer(self: &Arc<Self>, message: Message) {
+    pub fn publish_from_peer(self: &Arc<Self>, message: Message, shared_groups: &[String]) {
         let mut state = self.lock();
         let mut effects = Effects::default();
-        self.route(&mut state, Arc::new(message), Origin::Peer, &mut effects);
+        self.route(
+            &mut state,
+            Arc::new(message),
+            Origin::Peer { groups: shared_groups },
+            &mut effects,
+        );
         self.finish(&mut state, effects, Vec::new());
     }
 
@@ -721,11 +727,10 @@ impl Broker {
         let mut matched = false;
         if origin == Origin::Local
             && let Some(cluster) = self.cluster.get()
+            && message.retain
+            && self.settings.mqtt.retained_messages_enabled
         {
-            matched |= cluster.forward(&message);
-            if message.retain && self.settings.mqtt.retained_messages_enabled {
-                effects.replicated = cluster.replicate_retained(&message);
-            }
+            effects.replicated = cluster.replicate_retained(&message);
         }
         if origin == Origin::Local && message.retain && self.settings.mqtt.retained_messages_enabled {
             // An empty payload deletes the retained message [MQTT-3.3.1-6] [MQTT-3.3.1-7].
@@ -756,6 +761,17 @@ impl Broker {
                 }
                 Subscriber::Shared(key) => groups.push(key.clone()),
             });
+        // Shared groups: one member in the whole cluster gets the message. The publishing node
+        // picks which node serves each group; a forwarded message says which groups are ours.
+        match (origin, self.cluster.get()) {
+            (Origin::Local, Some(cluster)) => {
+                let (remote, local_groups) = cluster.route(&message, &groups);
+                matched |= remote;
+                groups = local_groups;
+            }
+            (Origin::Peer { groups: ours }, _) => groups.retain(|g| ours.iter().any(|o| **o == **g)),
+            _ => {}
+        }
         matched |= !direct.is_empty() || !groups.is_empty();
         for (client, (qos, retain, subscription_ids)) in direct {
             let seq = state.seq();
@@ -1001,7 +1017,7 @@ fn add_subscription(state: &mut State, client: &Arc<str>, filter: String, record
             // The tree holds one entry per group; the options live with each member.
             state.tree.insert(&inner, Subscriber::Shared(key), record);
             if !existed {
-                state.route_added(&inner);
+                state.route_added(&filter);
             }
         }
         _ => {
@@ -1032,7 +1048,7 @@ fn remove_subscription(state: &mut State, client: &Arc<str>, filter: &str) -> bo
                     state.tree.remove(&inner, &Subscriber::Shared(Arc::from(filter)));
                 }
             }
-            state.route_removed(&inner);
+            state.route_removed(filter);
         }
         _ => {
             state.tree.remove(filter, &Subscriber::Client(client.clone()));

@@ -148,6 +148,8 @@ pub struct Cluster {
     retained_seq: AtomicU64,
     pending_acks: Mutex<PendingAcks>,
     claims: Mutex<HashMap<u64, PendingClaim>>,
+    /// Round-robin position per shared subscription group, across the nodes with members.
+    shared_turns: Mutex<HashMap<Arc<str>, usize>>,
     next_claim: AtomicU64,
     stopping: AtomicBool,
     /// Turns true when the node leaves: the listener, dialers and core stop.
@@ -181,6 +183,7 @@ impl Cluster {
             retained_seq: AtomicU64::new(0),
             pending_acks: Mutex::new(HashMap::new()),
             claims: Mutex::new(HashMap::new()),
+            shared_turns: Mutex::new(HashMap::new()),
             next_claim: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             stop: watch::channel(false).0,
@@ -233,6 +236,11 @@ impl Cluster {
         }
     }
 
+    /// How many remote routes this node knows (for tests and the admin API).
+    pub fn routes_len(&self) -> usize {
+        read(&self.routes).len()
+    }
+
     pub fn alive_peers(&self) -> Vec<NodeId> {
         self.alive.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -251,27 +259,53 @@ impl Cluster {
         }
     }
 
-    /// Sends a locally published message to every other node with matching subscribers;
-    /// returns whether there was one.
-    pub fn forward(&self, message: &Message) -> bool {
-        let nodes = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .nodes_for(&message.topic);
-        if nodes.is_empty() {
-            return false;
+    /// Routes a locally published message in the cluster: forwarded once to every other node
+    /// with matching subscribers, and each matching shared subscription group served by one
+    /// node (round robin over the nodes with members; `local_groups` are the groups with
+    /// members here). Returns whether another node got it, and the groups this node serves.
+    pub fn route(&self, message: &Message, local_groups: &[Arc<str>]) -> (bool, Vec<Arc<str>>) {
+        let (direct, remote_groups) = {
+            let routes = read(&self.routes);
+            (routes.nodes_for(&message.topic), routes.shared_for(&message.topic))
+        };
+        let mut per_node: HashMap<NodeId, Vec<String>> = direct.into_iter().map(|n| (n, Vec::new())).collect();
+        let mut local = Vec::new();
+        if !remote_groups.is_empty() {
+            // Candidates per group: `None` is this node.
+            let mut candidates: std::collections::BTreeMap<Arc<str>, Vec<Option<NodeId>>> = Default::default();
+            for g in local_groups {
+                candidates.entry(g.clone()).or_default().push(None);
+            }
+            for (g, node) in remote_groups {
+                candidates.entry(g).or_default().push(Some(node));
+            }
+            let mut turns = self.shared_turns.lock().unwrap_or_else(|e| e.into_inner());
+            for (group, mut nodes) in candidates {
+                nodes.sort();
+                let turn = turns.entry(group.clone()).or_insert(0);
+                let chosen = nodes[*turn % nodes.len()].clone();
+                *turn = turn.wrapping_add(1);
+                match chosen {
+                    None => local.push(group),
+                    Some(node) => per_node.entry(node).or_default().push(group.to_string()),
+                }
+            }
+        } else {
+            local = local_groups.to_vec();
         }
-        let frame = Arc::new(wire::encode(&wire::Message::Forward(message.clone())));
-        for node in nodes {
+        let forwarded = !per_node.is_empty();
+        for (node, shared_groups) in per_node {
             let outbox = self.outbox(&node);
             if message.qos == 0 && outbox.queued_bytes.load(Ordering::Relaxed) > MAX_QUEUED_QOS0_BYTES {
                 tracing::debug!(%node, "peer is slow: QoS 0 forward dropped");
                 continue;
             }
-            outbox.push(frame.clone());
+            outbox.push(Arc::new(wire::encode(&wire::Message::Forward {
+                message: message.clone(),
+                shared_groups,
+            })));
         }
-        true
+        (forwarded, local)
     }
 
     /// Replicates a retained message (or its deletion) to every node; the receiver completes
@@ -607,7 +641,9 @@ impl Core {
                 );
             }
             wire::Message::RouteSnapshot(filters) => write(&cluster.routes).replace(&node, filters),
-            wire::Message::Forward(message) => cluster.broker.publish_from_peer(message),
+            wire::Message::Forward { message, shared_groups } => {
+                cluster.broker.publish_from_peer(message, &shared_groups)
+            }
             wire::Message::RetainedPut { seq, message } => {
                 cluster.broker.apply_retained(message);
                 cluster.send(&node, &wire::Message::RetainedAck { seq });

@@ -4,6 +4,7 @@
 //! stale or missing route for long. A publish is forwarded once per node whose filters match.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::NodeId;
 use super::wire::filter_set_hash;
@@ -12,14 +13,24 @@ use crate::broker::topic_tree::TopicTree;
 #[derive(Debug, Default)]
 pub struct RemoteRoutes {
     by_node: HashMap<NodeId, HashSet<String>>,
+    /// Plain filters, by node.
     tree: TopicTree<NodeId, ()>,
+    /// Shared subscription groups by their inner filter, keyed by (node, `$share/...` key).
+    shared: TopicTree<(NodeId, Arc<str>), ()>,
 }
 
 impl RemoteRoutes {
     pub fn add(&mut self, node: &NodeId, filters: impl IntoIterator<Item = String>) {
         let set = self.by_node.entry(node.clone()).or_default();
         for f in filters {
-            self.tree.insert(&f, node.clone(), ());
+            match crate::mqtt::topic::parse_shared(&f) {
+                Ok(Some(s)) => {
+                    self.shared.insert(s.filter, (node.clone(), Arc::from(f.as_str())), ());
+                }
+                _ => {
+                    self.tree.insert(&f, node.clone(), ());
+                }
+            }
             set.insert(f);
         }
     }
@@ -28,7 +39,7 @@ impl RemoteRoutes {
         let Some(set) = self.by_node.get_mut(node) else { return };
         for f in filters {
             if set.remove(&f) {
-                self.tree.remove(&f, node);
+                Self::unindex(&mut self.tree, &mut self.shared, node, &f);
             }
         }
     }
@@ -43,9 +54,33 @@ impl RemoteRoutes {
     pub fn drop_node(&mut self, node: &NodeId) {
         if let Some(set) = self.by_node.remove(node) {
             for f in set {
-                self.tree.remove(&f, node);
+                Self::unindex(&mut self.tree, &mut self.shared, node, &f);
             }
         }
+    }
+
+    fn unindex(
+        tree: &mut TopicTree<NodeId, ()>,
+        shared: &mut TopicTree<(NodeId, Arc<str>), ()>,
+        node: &NodeId,
+        f: &str,
+    ) {
+        match crate::mqtt::topic::parse_shared(f) {
+            Ok(Some(s)) => {
+                shared.remove(s.filter, &(node.clone(), Arc::from(f)));
+            }
+            _ => {
+                tree.remove(f, node);
+            }
+        }
+    }
+
+    /// The shared subscription groups matching `topic`, with each node that has members.
+    pub fn shared_for(&self, topic: &str) -> Vec<(Arc<str>, NodeId)> {
+        let mut out = Vec::new();
+        self.shared
+            .for_each_match(topic, |_, (node, group), _| out.push((group.clone(), node.clone())));
+        out
     }
 
     /// The nodes with at least one subscription matching `topic`, each once.
@@ -68,11 +103,11 @@ impl RemoteRoutes {
     }
 
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.tree.len() + self.shared.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
     }
 }
 
@@ -91,6 +126,29 @@ mod tests {
         r.add(&n("c"), ["x".to_string()]);
         assert_eq!(r.nodes_for("a/1"), vec![n("b")]);
         assert!(r.nodes_for("y").is_empty());
+    }
+
+    #[test]
+    fn shared_groups_are_kept_apart_from_plain_filters() {
+        let mut r = RemoteRoutes::default();
+        r.add(&n("b"), ["$share/g/jobs/#".to_string()]);
+        r.add(&n("c"), ["$share/g/jobs/#".to_string(), "jobs/+".to_string()]);
+        assert_eq!(
+            r.nodes_for("jobs/1"),
+            vec![n("c")],
+            "only plain filters get a plain forward"
+        );
+        let mut groups = r.shared_for("jobs/1");
+        groups.sort();
+        assert_eq!(
+            groups,
+            vec![
+                (Arc::from("$share/g/jobs/#"), n("b")),
+                (Arc::from("$share/g/jobs/#"), n("c"))
+            ]
+        );
+        r.remove(&n("b"), ["$share/g/jobs/#".to_string()]);
+        assert_eq!(r.shared_for("jobs/1").len(), 1);
     }
 
     #[test]

@@ -70,8 +70,12 @@ pub enum Message {
     RouteSnapshotRequest,
     /// The sender's complete filter set, replacing what the receiver had for it.
     RouteSnapshot(Vec<String>),
-    /// A message for the receiver's local subscribers.
-    Forward(MqttMessage),
+    /// A message for the receiver's local subscribers, and for the shared subscription
+    /// groups (`$share/{group}/{filter}`) the sender chose the receiver to serve.
+    Forward {
+        message: MqttMessage,
+        shared_groups: Vec<String>,
+    },
     /// A retained message set (or deleted, with an empty payload) on the sender; acknowledged
     /// with `RetainedAck` carrying the same sequence number.
     RetainedPut {
@@ -159,9 +163,12 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, WireError> {
 pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
     let message: Message = postcard::from_bytes(body).map_err(|e| WireError::Undecodable(e.to_string()))?;
     let topics_ok = |m: &MqttMessage| crate::mqtt::topic::valid_topic_name(&m.topic);
-    let filters_ok = |fs: &[String]| fs.iter().find(|f| !crate::mqtt::topic::valid_topic_filter(f)).cloned();
+    let filters_ok = |fs: &[String]| fs.iter().find(|f| !valid_subscription(f)).cloned();
     match &message {
-        Message::Forward(m) | Message::RetainedPut { message: m, .. } if !topics_ok(m) => {
+        Message::Forward { shared_groups, .. } if shared_groups.iter().any(|g| !valid_shared(g)) => {
+            Err(WireError::BadTopic(shared_groups.join(",")))
+        }
+        Message::Forward { message: m, .. } | Message::RetainedPut { message: m, .. } if !topics_ok(m) => {
             Err(WireError::BadTopic(m.topic.clone()))
         }
         Message::RetainedSnapshot(ms) => match ms.iter().find(|m| !topics_ok(m)) {
@@ -202,6 +209,10 @@ fn valid_subscription(filter: &str) -> bool {
         Ok(None) => crate::mqtt::topic::valid_topic_filter(filter),
         Err(_) => false,
     }
+}
+
+fn valid_shared(key: &str) -> bool {
+    matches!(crate::mqtt::topic::parse_shared(key), Ok(Some(s)) if crate::mqtt::topic::valid_topic_filter(s.filter))
 }
 
 /// Order-independent hash of a filter set, for anti-entropy digests.
