@@ -109,6 +109,61 @@ async fn formation_in_any_order_and_pubsub_across_hosts() {
             _ => assert!(Instant::now() < deadline, "no message crossed from node 3 to node 1"),
         }
     }
+    mosquitto_across_nodes(&nodes[1], &nodes[0]);
+}
+
+/// Interop: mosquitto_sub on one node, mosquitto_pub on another.
+fn mosquitto_across_nodes(sub_node: &Node, pub_node: &Node) {
+    if std::process::Command::new("mosquitto_sub")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped the mosquitto part: mosquitto-clients not installed");
+        return;
+    }
+    let mut sub = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-V",
+            "mqttv311",
+            "-h",
+            &sub_node.mqtt.ip().to_string(),
+            "-t",
+            "interop/#",
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    // mosquitto_sub has no "subscribed" signal: publish until it has its message and exits.
+    let deadline = Instant::now() + START;
+    while sub.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "mosquitto_sub got nothing");
+        let status = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-V",
+                "mqttv5",
+                "-h",
+                &pub_node.mqtt.ip().to_string(),
+                "-t",
+                "interop/x",
+                "-q",
+                "1",
+                "-m",
+                "from mosquitto_pub",
+            ])
+            .status()
+            .expect("mosquitto_pub");
+        assert!(status.success());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sub.wait_with_output().expect("output");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "from mosquitto_pub");
 }
 
 /// SIGKILL of a node: with the TCP health check, its peers drop it at once; without, after
