@@ -178,6 +178,7 @@ mod tests {
     /// and reordered. After one anti-entropy round (digest, snapshot on mismatch) every node's
     /// view of every other node equals the truth.
     #[test]
+    #[allow(clippy::needless_range_loop)] // nodes are indices into several tables at once
     fn lossy_reordered_deltas_converge_after_anti_entropy() {
         let names = [n("a"), n("b"), n("c")];
         let mut truth: Vec<HashSet<String>> = vec![HashSet::new(); 3];
