@@ -47,7 +47,9 @@ impl Publish {
             }
         }
         Ok(Publish {
-            dup: flags & 0x08 != 0,
+            // 3.x clients that set DUP on QoS 0 are tolerated, but the flag means nothing
+            // there [MQTT-3.3.1-2]; v5 refuses it in the fixed header check.
+            dup: flags & 0x08 != 0 && qos != QoS::AtMostOnce,
             qos,
             retain: flags & 0x01 != 0,
             topic,

@@ -1189,3 +1189,20 @@ fn random_and_mutated_input_never_panics() {
         }
     }
 }
+
+/// Regressions found by the `decode` fuzzer (fuzz/regressions/decode-*.bin): inputs that
+/// decoded to something encode could not write back.
+#[test]
+fn fuzz_regressions_round_trip_quirks_are_refused() {
+    use bytes::BytesMut;
+    // v3.1.1 SUBACK with return code 0x81.
+    let mut b = BytesMut::from(&[0x90, 0x03, 0x00, 0x01, 0x81][..]);
+    assert!(super::decode(&mut b, super::ProtocolVersion::V311, u32::MAX).is_err());
+    // v3.1.1 PUBLISH QoS 0 with DUP set: tolerated, with DUP cleared.
+    let mut b = BytesMut::from(&[0x38, 0x03, 0x00, 0x01, b'a'][..]);
+    match super::decode(&mut b, super::ProtocolVersion::V311, u32::MAX) {
+        Ok(Some(super::Packet::Publish(p))) => assert!(!p.dup),
+        other => panic!("{other:?}"),
+    }
+}
+
