@@ -60,13 +60,17 @@ pub async fn serve<S>(
     let settings = broker.settings().clone();
     let idle = Duration::from_millis(settings.restrictions.no_connect_idle_timeout_ms);
 
-    // The first packet must be CONNECT [MQTT-3.1.0-1], within the idle timeout.
-    let connect = match tokio::time::timeout(
+    // The first packet must be CONNECT [MQTT-3.1.0-1], within the idle timeout. A shutdown
+    // does not wait for it.
+    let first = tokio::time::timeout(
         idle,
         read_connect(&mut reader, &mut rbuf, settings.mqtt.max_packet_size),
-    )
-    .await
-    {
+    );
+    let first = tokio::select! {
+        first = first => first,
+        _ = shutdown.changed() => return,
+    };
+    let connect = match first {
         Ok(Ok(Some(c))) => c,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
