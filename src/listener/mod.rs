@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod keystore;
 pub mod tls;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ use crate::config::Listener;
 enum Transport {
     Tcp,
     Tls(tls::Acceptor),
+    WebSocket(Arc<websocket::Settings>),
+    TlsWebSocket(tls::Acceptor, Arc<websocket::Settings>),
 }
 
 /// A bound listener, ready to accept.
@@ -54,13 +57,22 @@ pub async fn bind_all(listeners: &[Listener]) -> anyhow::Result<Vec<Bound>> {
         let name = display_name(listener);
         let kind = listener.element_name();
         let addr = format!("{}:{}", listener.bind_address(), listener.port());
+        let tls = |tls| tls::Acceptor::new(tls).with_context(|| format!("<{kind}> {name} on {addr}: TLS"));
+        let ws = |path: &str, subprotocols: &[String], allow_extensions: bool| {
+            if allow_extensions {
+                tracing::info!("<{kind}> {name}: no WebSocket extension is implemented, so none is negotiated");
+            }
+            Arc::new(websocket::Settings {
+                path: path.to_owned(),
+                subprotocols: subprotocols.to_vec(),
+            })
+        };
         let transport = match listener {
             Listener::Tcp(_) => Transport::Tcp,
-            Listener::TlsTcp(l) => {
-                Transport::Tls(tls::Acceptor::new(&l.tls).with_context(|| format!("<{kind}> {name} on {addr}: TLS"))?)
-            }
-            other => {
-                anyhow::bail!("<{}> {name} is not supported by this build", other.element_name());
+            Listener::TlsTcp(l) => Transport::Tls(tls(&l.tls)?),
+            Listener::WebSocket(l) => Transport::WebSocket(ws(&l.path, &l.subprotocols, l.allow_extensions)),
+            Listener::TlsWebSocket(l) => {
+                Transport::TlsWebSocket(tls(&l.tls)?, ws(&l.path, &l.subprotocols, l.allow_extensions))
             }
         };
         let socket = TcpListener::bind(&addr)
@@ -69,6 +81,8 @@ pub async fn bind_all(listeners: &[Listener]) -> anyhow::Result<Vec<Bound>> {
         let what = match transport {
             Transport::Tcp => "TCP",
             Transport::Tls(_) => "TLS TCP",
+            Transport::WebSocket(_) => "Websocket",
+            Transport::TlsWebSocket(..) => "TLS Websocket",
         };
         tracing::info!(
             "Started {what} Listener on address {} and on port {}",
@@ -129,6 +143,8 @@ async fn handle(
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The HTTP upgrade is bounded like the wait for CONNECT.
+    let upgrade_timeout = Duration::from_millis(broker.settings().restrictions.no_connect_idle_timeout_ms);
     match transport {
         Transport::Tcp => mqtt(stream, peer, broker, shutdown).await,
         Transport::Tls(acceptor) => {
@@ -138,6 +154,27 @@ async fn handle(
             };
             if let Some(tls) = tls {
                 mqtt(tls, peer, broker, shutdown).await;
+            }
+        }
+        Transport::WebSocket(settings) => {
+            let ws = tokio::select! {
+                ws = websocket::accept(stream, settings, peer, &listener, upgrade_timeout) => ws,
+                _ = shutdown.changed() => return,
+            };
+            if let Some(ws) = ws {
+                mqtt(ws, peer, broker, shutdown).await;
+            }
+        }
+        Transport::TlsWebSocket(acceptor, settings) => {
+            let ws = tokio::select! {
+                ws = async {
+                    let tls = acceptor.accept(stream, peer, &listener).await?;
+                    websocket::accept(tls, settings, peer, &listener, upgrade_timeout).await
+                } => ws,
+                _ = shutdown.changed() => return,
+            };
+            if let Some(ws) = ws {
+                mqtt(ws, peer, broker, shutdown).await;
             }
         }
     }

@@ -306,6 +306,11 @@ impl V4Client {
         let mut options = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
         options.set_keep_alive(Duration::from_secs(30));
         tweak(&mut options);
+        Self::connect_with(options).await
+    }
+
+    /// Connects with options made by the caller (a WebSocket URL as the broker address, say).
+    pub async fn connect_with(options: rumqttc::MqttOptions) -> (V4Client, rumqttc::ConnAck) {
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
