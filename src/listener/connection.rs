@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::throttle::Throttled;
 use crate::broker::message::Message;
 use crate::broker::session::{ConnectionHandle, Outbound};
 use crate::broker::{Broker, ConnectRequest, Departure};
@@ -55,9 +56,10 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let settings = broker.settings().clone();
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut reader = Throttled::new(reader, settings.restrictions.incoming_bandwidth_throttling);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let idle = Duration::from_millis(settings.restrictions.no_connect_idle_timeout_ms);
 
     // The first packet must be CONNECT [MQTT-3.1.0-1], within the idle timeout. A shutdown

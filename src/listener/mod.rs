@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod keystore;
+pub mod throttle;
 pub mod tls;
 pub mod websocket;
 
