@@ -256,3 +256,68 @@ async fn text_message_closes_the_connection() {
     assert!(closed.is_ok(), "the broker closed the connection");
     broker.stop().await;
 }
+
+/// A WebSocket subscriber that stops reading does not make the broker buffer without bound:
+/// QoS 0 messages past `max-queue-size` pending ones are dropped for it, the publisher is never
+/// held up, and the subscriber later gets far fewer messages than were published.
+#[tokio::test]
+async fn slow_websocket_consumer_is_bounded() {
+    const MESSAGES: usize = 2_000;
+    let pki = Pki::new();
+    let (ws, wss) = (ws_listener(), tls_ws_listener(&pki));
+    let broker = TestBroker::start(move |c| {
+        c.persistence = PersistenceMode::InMemory;
+        c.mqtt.max_queue_size = 10;
+        c.listeners = vec![
+            ws,
+            wss,
+            common::test_config(PersistenceMode::InMemory).listeners[0].clone(),
+        ];
+    })
+    .await;
+    let addrs = broker.addrs();
+    let (socket, _) = ws_open(addrs[0], "/mqtt", "mqtt", None).await.expect("upgrade");
+    let (mut sub, _) = RawClient::connect_over(
+        WsStream::new(socket),
+        connect_packet(ProtocolVersion::V311, "slow-ws", true),
+    )
+    .await;
+    sub.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Default::default(),
+        filters: vec![("slow/#".into(), SubscriptionOptions::default())],
+    }))
+    .await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+
+    let (mut publisher, _) = RawClient::connect(addrs[2], connect_packet(ProtocolVersion::V311, "fast", true)).await;
+    let payload = bytes::Bytes::from(vec![b'x'; 10_000]);
+    for i in 0..MESSAGES {
+        publisher
+            .send(&Packet::Publish(apiary::mqtt::Publish {
+                dup: false,
+                qos: apiary::mqtt::QoS::AtMostOnce,
+                retain: false,
+                topic: format!("slow/{i}"),
+                packet_id: 0,
+                properties: Default::default(),
+                payload: payload.clone(),
+            }))
+            .await;
+    }
+    // Packets are handled in order: the PINGRESP means every PUBLISH was routed.
+    publisher.send(&Packet::PingReq).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PingResp)));
+
+    let mut received = 0;
+    while let Ok(Some(packet)) = sub.recv_within(Duration::from_millis(500)).await {
+        assert!(matches!(packet, Packet::Publish(_)));
+        received += 1;
+    }
+    assert!(received > 0, "the subscriber gets messages once it reads");
+    assert!(
+        received < MESSAGES / 2,
+        "{received} of {MESSAGES} delivered: the broker buffered them instead of bounding the queue"
+    );
+    broker.stop().await;
+}
