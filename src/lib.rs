@@ -7,7 +7,8 @@
 //!   subscriptions — plain state behind one lock, no I/O.
 //! - [`cluster`]: membership, failure detection, routing between nodes.
 //! - [`store`]: redb persistence of everything that must survive a restart, with group commit.
-//! - [`listener`]: sockets; one task per connection speaks MQTT and drives the broker.
+//! - [`listener`]: TCP, TLS and WebSocket listeners; one task per connection speaks MQTT and
+//!   drives the broker.
 //! - [`server`]: starts and stops a node.
 #![forbid(unsafe_code)]
 #![deny(unused_must_use)]

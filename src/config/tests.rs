@@ -188,8 +188,8 @@ fn tcp_transport_changes_heartbeat_defaults() {
 
 fn all_options_expected() -> Config {
     let listener_tls = TlsConfig {
-        keystore: keystore("/opt/apiary/conf/server.jks"),
-        truststore: Some(truststore("/opt/apiary/conf/clients.jks")),
+        keystore: keystore("/opt/apiary/conf/server.p12"),
+        truststore: Some(truststore("/opt/apiary/conf/clients.pem")),
         protocols: strings(&["TLSv1.3", "TLSv1.2"]),
         cipher_suites: strings(&["TLS_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]),
         prefer_server_cipher_suites: Some(true),
@@ -221,7 +221,7 @@ fn all_options_expected() -> Config {
                 subprotocols: strings(&["mqtt"]),
                 allow_extensions: false,
                 tls: TlsConfig {
-                    keystore: keystore("/opt/apiary/conf/server.jks"),
+                    keystore: keystore("/opt/apiary/conf/server.p12"),
                     truststore: None,
                     protocols: vec![],
                     cipher_suites: vec![],

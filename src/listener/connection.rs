@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::throttle::Throttled;
 use crate::broker::ClaimStamp;
 use crate::broker::message::{self, Message};
 use crate::broker::session::{ConnectionHandle, Outbound};
@@ -57,18 +58,23 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let settings = broker.settings().clone();
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut reader = Throttled::new(reader, settings.restrictions.incoming_bandwidth_throttling);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let idle = Duration::from_millis(settings.restrictions.no_connect_idle_timeout_ms);
 
-    // The first packet must be CONNECT [MQTT-3.1.0-1], within the idle timeout.
-    let connect = match tokio::time::timeout(
+    // The first packet must be CONNECT [MQTT-3.1.0-1], within the idle timeout. A shutdown
+    // does not wait for it.
+    let first = tokio::time::timeout(
         idle,
         read_connect(&mut reader, &mut rbuf, settings.mqtt.max_packet_size),
-    )
-    .await
-    {
+    );
+    let first = tokio::select! {
+        first = first => first,
+        _ = shutdown.changed() => return,
+    };
+    let connect = match first {
         Ok(Ok(Some(c))) => c,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {

@@ -1,24 +1,39 @@
-//! Network listeners: each accepts connections and hands every byte stream to
-//! [`connection::serve`], which speaks MQTT on it.
+//! Network listeners: each accepts connections, runs the transport's handshake (TLS, WebSocket)
+//! and hands the resulting byte stream to [`connection::serve`], which speaks MQTT on it.
 
 pub mod connection;
+pub mod keystore;
+pub mod throttle;
+pub mod tls;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::config::Listener;
 
+/// What runs between accepting a socket and speaking MQTT on it.
+#[derive(Clone)]
+enum Transport {
+    Tcp,
+    Tls(tls::Acceptor),
+    WebSocket(Arc<websocket::Settings>),
+    TlsWebSocket(tls::Acceptor, Arc<websocket::Settings>),
+}
+
 /// A bound listener, ready to accept.
 pub struct Bound {
     pub name: String,
     pub listener: TcpListener,
+    transport: Transport,
 }
 
 impl Bound {
@@ -27,29 +42,59 @@ impl Bound {
     }
 }
 
-/// Binds every configured listener, or fails naming the one that cannot bind: the broker does
-/// not start with only some of its listeners.
+/// The listener's `name`, or one made from its kind and port.
+fn display_name(listener: &Listener) -> String {
+    listener
+        .name()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{}-{}", listener.element_name(), listener.port()))
+}
+
+/// Binds every configured listener, or fails naming the one that cannot bind or whose TLS
+/// settings are unusable: the broker does not start with only some of its listeners.
 pub async fn bind_all(listeners: &[Listener]) -> anyhow::Result<Vec<Bound>> {
     let mut bound = Vec::new();
     for listener in listeners {
-        match listener {
-            Listener::Tcp(tcp) => {
-                let addr = format!("{}:{}", tcp.bind_address, tcp.port);
-                let name = tcp.name.clone().unwrap_or_else(|| format!("tcp-listener-{}", tcp.port));
-                let socket = TcpListener::bind(&addr)
-                    .await
-                    .with_context(|| format!("cannot bind <tcp-listener> {name} on {addr}"))?;
-                tracing::info!(
-                    "Started TCP Listener on address {} and on port {}",
-                    tcp.bind_address,
-                    socket.local_addr()?.port()
-                );
-                bound.push(Bound { name, listener: socket });
+        let name = display_name(listener);
+        let kind = listener.element_name();
+        let addr = format!("{}:{}", listener.bind_address(), listener.port());
+        let tls = |tls| tls::Acceptor::new(tls).with_context(|| format!("<{kind}> {name} on {addr}: TLS"));
+        let ws = |path: &str, subprotocols: &[String], allow_extensions: bool| {
+            if allow_extensions {
+                tracing::info!("<{kind}> {name}: no WebSocket extension is implemented, so none is negotiated");
             }
-            other => {
-                anyhow::bail!("listener {other:?} is not supported yet: only <tcp-listener> is served by this build");
+            Arc::new(websocket::Settings {
+                path: path.to_owned(),
+                subprotocols: subprotocols.to_vec(),
+            })
+        };
+        let transport = match listener {
+            Listener::Tcp(_) => Transport::Tcp,
+            Listener::TlsTcp(l) => Transport::Tls(tls(&l.tls)?),
+            Listener::WebSocket(l) => Transport::WebSocket(ws(&l.path, &l.subprotocols, l.allow_extensions)),
+            Listener::TlsWebSocket(l) => {
+                Transport::TlsWebSocket(tls(&l.tls)?, ws(&l.path, &l.subprotocols, l.allow_extensions))
             }
-        }
+        };
+        let socket = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot bind <{kind}> {name} on {addr}"))?;
+        let what = match transport {
+            Transport::Tcp => "TCP",
+            Transport::Tls(_) => "TLS TCP",
+            Transport::WebSocket(_) => "Websocket",
+            Transport::TlsWebSocket(..) => "TLS Websocket",
+        };
+        tracing::info!(
+            "Started {what} Listener on address {} and on port {}",
+            listener.bind_address(),
+            socket.local_addr()?.port()
+        );
+        bound.push(Bound {
+            name,
+            listener: socket,
+            transport,
+        });
     }
     Ok(bound)
 }
@@ -59,21 +104,21 @@ pub async fn serve(bound: Bound, broker: Arc<Broker>, shutdown: watch::Receiver<
     let mut connections = JoinSet::new();
     let mut stop = shutdown.clone();
     let mut backoff = Duration::from_millis(5);
+    let name: Arc<str> = Arc::from(bound.name.as_str());
     loop {
         tokio::select! {
             accepted = bound.listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
                     let _ = stream.set_nodelay(true);
-                    let broker = broker.clone();
-                    let shutdown = shutdown.clone();
-                    connections.spawn(async move {
-                        let admitted = broker.try_admit_connection();
-                        connection::serve(stream, peer, broker.clone(), admitted, shutdown).await;
-                        if admitted {
-                            broker.release_connection();
-                        }
-                    });
+                    connections.spawn(handle(
+                        stream,
+                        peer,
+                        bound.transport.clone(),
+                        name.clone(),
+                        broker.clone(),
+                        shutdown.clone(),
+                    ));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait and retry, never give up the port.
@@ -87,4 +132,63 @@ pub async fn serve(bound: Bound, broker: Arc<Broker>, shutdown: watch::Receiver<
         }
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// One accepted socket: the transport handshake (bounded by its timeout, and cut short by a
+/// shutdown), then MQTT.
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    listener: Arc<str>,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // The HTTP upgrade is bounded like the wait for CONNECT.
+    let upgrade_timeout = Duration::from_millis(broker.settings().restrictions.no_connect_idle_timeout_ms);
+    match transport {
+        Transport::Tcp => mqtt(stream, peer, broker, shutdown).await,
+        Transport::Tls(acceptor) => {
+            let tls = tokio::select! {
+                tls = acceptor.accept(stream, peer, &listener) => tls,
+                _ = shutdown.changed() => return,
+            };
+            if let Some(tls) = tls {
+                mqtt(tls, peer, broker, shutdown).await;
+            }
+        }
+        Transport::WebSocket(settings) => {
+            let ws = tokio::select! {
+                ws = websocket::accept(stream, settings, peer, &listener, upgrade_timeout) => ws,
+                _ = shutdown.changed() => return,
+            };
+            if let Some(ws) = ws {
+                mqtt(ws, peer, broker, shutdown).await;
+            }
+        }
+        Transport::TlsWebSocket(acceptor, settings) => {
+            let ws = tokio::select! {
+                ws = async {
+                    let tls = acceptor.accept(stream, peer, &listener).await?;
+                    websocket::accept(tls, settings, peer, &listener, upgrade_timeout).await
+                } => ws,
+                _ = shutdown.changed() => return,
+            };
+            if let Some(ws) = ws {
+                mqtt(ws, peer, broker, shutdown).await;
+            }
+        }
+    }
+}
+
+/// Speaks MQTT on an established byte stream, counting it against `max-connections`.
+async fn mqtt<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>, shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let admitted = broker.try_admit_connection();
+    connection::serve(stream, peer, broker.clone(), admitted, shutdown).await;
+    if admitted {
+        broker.release_connection();
+    }
 }

@@ -2,6 +2,9 @@
 //! our codec (byte-exact checks), and rumqttc clients (a real client crate) for v3.1.1 and v5.
 #![allow(dead_code)]
 
+pub mod logs;
+pub mod pki;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -10,7 +13,7 @@ use apiary::config::{Config, Listener, PersistenceMode, TcpListenerConfig};
 use apiary::mqtt::{self, Connect, Packet, Properties, ProtocolVersion};
 use apiary::server::{self, Options, Running};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -69,6 +72,11 @@ impl TestBroker {
         Self::start_in(self.dir, self.config).await
     }
 
+    /// The address of every listener, in configuration order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.running.as_ref().expect("running").local_addrs().to_vec()
+    }
+
     pub fn broker(&self) -> &std::sync::Arc<apiary::broker::Broker> {
         self.running.as_ref().expect("running").broker()
     }
@@ -96,9 +104,13 @@ pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Any byte stream a client can speak MQTT on: TCP, TLS, WebSocket.
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
 /// A client that writes and reads MQTT packets with our codec: exact control over the bytes.
 pub struct RawClient {
-    pub stream: TcpStream,
+    pub stream: Box<dyn Duplex>,
     buf: BytesMut,
     pub version: ProtocolVersion,
 }
@@ -119,10 +131,25 @@ pub fn connect_packet(version: ProtocolVersion, client_id: &str, clean_start: bo
 impl RawClient {
     pub async fn open(addr: SocketAddr, version: ProtocolVersion) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        RawClient::over(stream, version)
+    }
+
+    /// A client on an already established stream (TLS, WebSocket).
+    pub fn over(stream: impl Duplex + 'static, version: ProtocolVersion) -> RawClient {
         RawClient {
-            stream,
+            stream: Box::new(stream),
             buf: BytesMut::new(),
             version,
+        }
+    }
+
+    /// Completes CONNECT/CONNACK on an established stream; returns the CONNACK.
+    pub async fn connect_over(stream: impl Duplex + 'static, connect: Connect) -> (RawClient, mqtt::ConnAck) {
+        let mut c = RawClient::over(stream, connect.protocol);
+        c.send(&Packet::Connect(connect)).await;
+        match c.recv().await {
+            Some(Packet::ConnAck(ack)) => (c, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
@@ -140,10 +167,12 @@ impl RawClient {
         let mut out = BytesMut::new();
         mqtt::encode(packet, self.version, &mut out).expect("encode");
         self.stream.write_all(&out).await.expect("write");
+        self.stream.flush().await.expect("flush");
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
+        self.stream.flush().await.expect("flush");
     }
 
     /// The next packet, or None when the server closed the connection. Fails after [`WAIT`].
@@ -277,6 +306,11 @@ impl V4Client {
         let mut options = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
         options.set_keep_alive(Duration::from_secs(30));
         tweak(&mut options);
+        Self::connect_with(options).await
+    }
+
+    /// Connects with options made by the caller (a WebSocket URL as the broker address, say).
+    pub async fn connect_with(options: rumqttc::MqttOptions) -> (V4Client, rumqttc::ConnAck) {
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
