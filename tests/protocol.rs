@@ -672,3 +672,21 @@ async fn expired_queued_message_is_dropped() {
     assert_eq!(p.payload, Bytes::from("long"), "the expired message was dropped");
     b.stop().await;
 }
+
+/// max-topic-length: a longer topic name is refused (0x90), a longer filter gets 0x8F in SUBACK.
+#[tokio::test]
+async fn max_topic_length() {
+    let b = TestBroker::start(|c| c.restrictions.max_topic_length = 10).await;
+    let (mut c, _) = RawClient::connect(b.addr, connect_packet(V5, "topics", true)).await;
+    c.send(&subscribe(1, "a/very/long/filter", QoS::AtMostOnce)).await;
+    assert!(matches!(c.recv().await, Some(Packet::SubAck(s)) if s.reason_codes == vec![reason::TOPIC_FILTER_INVALID]));
+    c.send(&subscribe(2, "short/#", QoS::AtMostOnce)).await;
+    assert!(matches!(c.recv().await, Some(Packet::SubAck(s)) if s.reason_codes == vec![0]));
+    c.send(&publish("a/very/long/topic", QoS::AtMostOnce, 0, "x")).await;
+    let seen = c.until_closed().await;
+    assert!(
+        matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == reason::TOPIC_NAME_INVALID),
+        "{seen:?}"
+    );
+    b.stop().await;
+}
