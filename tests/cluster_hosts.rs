@@ -305,3 +305,70 @@ async fn will_of_a_dead_nodes_client() {
     }
     assert_eq!(got, 1, "published exactly once in the cluster");
 }
+
+/// A shared subscription group spread over two nodes: when one member's node dies, the QoS 1
+/// messages its member had not acknowledged go to the other member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_messages_of_a_dead_members_node_go_to_another_member() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..3).map(|i| start(&net, dir.path(), i, true)).collect();
+    for n in &nodes {
+        n.wait_log("Started Apiary in", START);
+        n.wait_size(3, START);
+    }
+    let (mut acking, _) = RawClient::connect(nodes[0].mqtt, connect_packet(ProtocolVersion::V5, "acking", true)).await;
+    subscribe(&mut acking, "$share/g/work/#", QoS::AtLeastOnce).await;
+    let (mut silent, _) = RawClient::connect(nodes[1].mqtt, connect_packet(ProtocolVersion::V5, "silent", true)).await;
+    subscribe(&mut silent, "$share/g/work/#", QoS::AtLeastOnce).await;
+    let (mut publ, _) = RawClient::connect(nodes[2].mqtt, connect_packet(ProtocolVersion::V5, "boss", true)).await;
+
+    // Publish until both members have had work (the routes reach node 3 asynchronously).
+    let mut at_acking = std::collections::BTreeSet::new();
+    let mut at_silent = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + START;
+    let mut pid = 0u16;
+    while at_silent.len() < 3 || at_acking.is_empty() {
+        assert!(Instant::now() < deadline, "the group never spread over both nodes");
+        pid += 1;
+        publ.send(&publish("work/x", QoS::AtLeastOnce, pid, false, &pid.to_string()))
+            .await;
+        assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+        while let Ok(Some(Packet::Publish(p))) = acking.recv_within(Duration::from_millis(100)).await {
+            acking
+                .send(&Packet::PubAck(apiary::mqtt::PubResponse {
+                    packet_id: p.packet_id,
+                    reason: 0,
+                    properties: Properties::default(),
+                }))
+                .await;
+            at_acking.insert(String::from_utf8_lossy(&p.payload).to_string());
+        }
+        while let Ok(Some(Packet::Publish(p))) = silent.recv_within(Duration::from_millis(100)).await {
+            at_silent.insert(String::from_utf8_lossy(&p.payload).to_string());
+        }
+    }
+    nodes[1].kill();
+    // The silent member's messages arrive at the acking member.
+    let deadline = Instant::now() + START;
+    while !at_silent.is_subset(&at_acking) {
+        assert!(
+            Instant::now() < deadline,
+            "missing at the other member: {:?}",
+            at_silent.difference(&at_acking).collect::<Vec<_>>()
+        );
+        if let Ok(Some(Packet::Publish(p))) = acking.recv_within(Duration::from_millis(200)).await {
+            acking
+                .send(&Packet::PubAck(apiary::mqtt::PubResponse {
+                    packet_id: p.packet_id,
+                    reason: 0,
+                    properties: Properties::default(),
+                }))
+                .await;
+            at_acking.insert(String::from_utf8_lossy(&p.payload).to_string());
+        }
+    }
+}

@@ -176,7 +176,13 @@ enum Origin<'a> {
     Local,
     /// Forwarded by another node: for local subscribers only, and for the shared groups that
     /// node chose us to serve.
-    Peer { groups: &'a [String] },
+    Peer {
+        groups: &'a [String],
+        /// The sending node and its forward id, for shared-group settlement.
+        origin: Option<&'a (String, u64)>,
+        /// A redelivery to shared groups only.
+        shared_only: bool,
+    },
 }
 
 /// How a connection ended.
@@ -639,16 +645,57 @@ impl Broker {
         self.finish(&mut state, std::mem::take(&mut effects), Vec::new());
     }
 
-    /// A message forwarded by another node, for local subscribers only.
-    pub fn publish_from_peer(self: &Arc<Self>, message: Message, shared_groups: &[String]) {
+    /// A message forwarded by another node, for local subscribers only (with `shared_only`,
+    /// just for the shared groups named). `origin` is the sender and its forward id, to be
+    /// told when the shared-group members settled the message.
+    pub fn publish_from_peer(
+        self: &Arc<Self>,
+        message: Message,
+        shared_groups: &[String],
+        origin: Option<(String, u64)>,
+        shared_only: bool,
+    ) {
         let mut state = self.lock();
         let mut effects = Effects::default();
-        self.route(
-            &mut state,
-            Arc::new(message),
-            Origin::Peer { groups: shared_groups },
-            &mut effects,
-        );
+        let from = Origin::Peer {
+            groups: shared_groups,
+            origin: origin.as_ref(),
+            shared_only,
+        };
+        self.route(&mut state, Arc::new(message), from, &mut effects);
+        self.finish(&mut state, effects, Vec::new());
+    }
+
+    /// A shared-group message whose member's node left before settling it: it goes to
+    /// another member of each group (here or on another node).
+    pub fn redeliver_shared(self: &Arc<Self>, message: Message, groups: Vec<Arc<str>>) {
+        let now = now_ms();
+        let limits = self.limits();
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        let message = Arc::new(message);
+        let mut local: Vec<Arc<str>> = groups
+            .iter()
+            .filter(|g| state.shared.contains_key(*g))
+            .cloned()
+            .collect();
+        if let Some(cluster) = self.cluster.get() {
+            local = cluster.route(&message, &local, Some(&groups)).1;
+        }
+        for key in local {
+            let seq = state.seq();
+            dispatch_shared(
+                &mut state,
+                &key,
+                seq,
+                message.clone(),
+                None,
+                None,
+                limits,
+                now,
+                &mut effects,
+            );
+        }
         self.finish(&mut state, effects, Vec::new());
     }
 
@@ -763,13 +810,27 @@ impl Broker {
             });
         // Shared groups: one member in the whole cluster gets the message. The publishing node
         // picks which node serves each group; a forwarded message says which groups are ours.
+        let mut from_origin = None;
         match (origin, self.cluster.get()) {
             (Origin::Local, Some(cluster)) => {
-                let (remote, local_groups) = cluster.route(&message, &groups);
+                let (remote, local_groups) = cluster.route(&message, &groups, None);
                 matched |= remote;
                 groups = local_groups;
             }
-            (Origin::Peer { groups: ours }, _) => groups.retain(|g| ours.iter().any(|o| **o == **g)),
+            (
+                Origin::Peer {
+                    groups: ours,
+                    origin,
+                    shared_only,
+                },
+                _,
+            ) => {
+                groups.retain(|g| ours.iter().any(|o| **o == **g));
+                from_origin = origin.cloned();
+                if shared_only {
+                    direct.clear();
+                }
+            }
             _ => {}
         }
         matched |= !direct.is_empty() || !groups.is_empty();
@@ -786,12 +847,28 @@ impl Broker {
                 shared: None,
                 packet_id: None,
                 released: false,
+                origin: None,
             };
             session.deliver(seq, record, limits, now, effects);
         }
         for key in groups {
             let seq = state.seq();
-            dispatch_shared(state, &key, seq, message.clone(), None, limits, now, effects);
+            let origin = from_origin.clone();
+            if !dispatch_shared(
+                state,
+                &key,
+                seq,
+                message.clone(),
+                None,
+                origin.clone(),
+                limits,
+                now,
+                effects,
+            ) && let Some((node, id)) = origin
+            {
+                // The group has no member here any more: nothing to wait for.
+                effects.settled.push((node, id, key));
+            }
         }
         matched
     }
@@ -865,6 +942,7 @@ impl Broker {
                         shared: None,
                         packet_id: None,
                         released: false,
+                        origin: None,
                     };
                     session.deliver(seq, record, limits, now, &mut effects);
                 }
@@ -946,6 +1024,7 @@ impl Broker {
         if let Some(cluster) = self.cluster.get() {
             let (added, removed) = std::mem::take(&mut state.route_changes);
             cluster.local_routes_changed(added, removed);
+            cluster.shared_settled(std::mem::take(&mut effects.settled));
         } else {
             state.route_changes = Default::default();
         }
@@ -1088,6 +1167,7 @@ fn take_shared_pending(state: &mut State, client: &Arc<str>, limits: QueueLimits
             seq,
             record.message.clone(),
             Some(client),
+            record.origin.clone(),
             limits,
             now,
             effects,
@@ -1110,6 +1190,7 @@ fn dispatch_shared(
     seq: u64,
     message: Arc<Message>,
     exclude: Option<&Arc<str>>,
+    origin: Option<(String, u64)>,
     limits: QueueLimits,
     now: u64,
     effects: &mut Effects,
@@ -1143,6 +1224,7 @@ fn dispatch_shared(
         shared: Some(key.clone()),
         packet_id: None,
         released: false,
+        origin,
     };
     session.deliver(seq, record, limits, now, effects);
     true

@@ -51,6 +51,16 @@ pub struct Effects {
     pub publish: Vec<crate::broker::message::Message>,
     /// Completes when a retained message reached every node of the cluster.
     pub replicated: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Shared-group messages from other nodes that are settled here (acknowledged or
+    /// dropped): (origin node, forward id, group).
+    pub settled: Vec<(String, u64, Arc<str>)>,
+}
+
+/// Notes that a message is done with here, for the node that sent it, if it wants to know.
+fn settle(rec: &OutgoingRecord, effects: &mut Effects) {
+    if let (Some((node, id)), Some(group)) = (&rec.origin, &rec.shared) {
+        effects.settled.push((node.clone(), *id, group.clone()));
+    }
 }
 
 /// Limits from the `<mqtt>` configuration that sessions apply.
@@ -215,6 +225,7 @@ impl Session {
                     ));
                 }
             }
+            settle(&rec, effects);
             return;
         }
         if self.has_window() {
@@ -225,11 +236,13 @@ impl Session {
             match limits.strategy {
                 QueueStrategy::Discard => {
                     tracing::debug!(client = %self.client_id, "queue full, message discarded");
+                    settle(&rec, effects);
                     return;
                 }
                 QueueStrategy::DiscardOldest => {
-                    if let Some((old, _)) = self.queue.pop_front() {
+                    if let Some((old, dropped)) = self.queue.pop_front() {
                         self.persist(effects, |c| StoreOp::DeleteOutgoing(c, old));
+                        settle(&dropped, effects);
                     }
                 }
             }
@@ -256,6 +269,7 @@ impl Session {
         let Some(conn) = self.connection.clone() else { return };
         if rec.message.is_expired(now_ms) {
             self.persist(effects, |c| StoreOp::DeleteOutgoing(c, seq));
+            settle(&rec, effects);
             return;
         }
         let pid = self.allocate_packet_id();
@@ -266,6 +280,7 @@ impl Session {
         if !fits(&publish, &conn) {
             // Too large for this client: dropped as if delivered [MQTT-3.1.2-25].
             self.persist(effects, |c| StoreOp::DeleteOutgoing(c, seq));
+            settle(&rec, effects);
             return;
         }
         rec.packet_id = Some(pid);
@@ -297,8 +312,9 @@ impl Session {
     /// PUBACK for QoS 1 or PUBCOMP for QoS 2: the flow is complete.
     pub fn complete(&mut self, pid: u16, now_ms: u64, effects: &mut Effects) -> bool {
         match self.inflight.remove(&pid) {
-            Some((seq, _)) => {
+            Some((seq, rec)) => {
                 self.persist(effects, |c| StoreOp::DeleteOutgoing(c, seq));
+                settle(&rec, effects);
                 self.pump(now_ms, effects);
                 true
             }
@@ -345,7 +361,9 @@ impl Session {
                     properties: Default::default(),
                 })
             } else if rec.message.is_expired(now_ms) {
-                self.inflight.remove(&pid);
+                if let Some((_, expired)) = self.inflight.remove(&pid) {
+                    settle(&expired, effects);
+                }
                 self.persist(effects, |c| StoreOp::DeleteOutgoing(c, seq));
                 continue;
             } else {

@@ -124,6 +124,8 @@ pub(crate) enum CoreEvent {
 /// Pending retained replications: seq → peers still to acknowledge, and who waits.
 type PendingAcks = HashMap<u64, (HashSet<NodeId>, oneshot::Sender<()>)>;
 
+type PendingShared = HashMap<NodeId, HashMap<u64, (Message, HashSet<Arc<str>>)>>;
+
 /// A claim on a client id waiting for the other nodes' answers.
 struct PendingClaim {
     waiting: HashSet<NodeId>,
@@ -150,6 +152,10 @@ pub struct Cluster {
     claims: Mutex<HashMap<u64, PendingClaim>>,
     /// Round-robin position per shared subscription group, across the nodes with members.
     shared_turns: Mutex<HashMap<Arc<str>, usize>>,
+    /// QoS 1/2 messages sent to another node for its shared-group members, not yet settled
+    /// there: node → forward id → (message, groups still open).
+    pending_shared: Mutex<PendingShared>,
+    next_forward: AtomicU64,
     next_claim: AtomicU64,
     stopping: AtomicBool,
     /// Turns true when the node leaves: the listener, dialers and core stop.
@@ -184,6 +190,8 @@ impl Cluster {
             pending_acks: Mutex::new(HashMap::new()),
             claims: Mutex::new(HashMap::new()),
             shared_turns: Mutex::new(HashMap::new()),
+            pending_shared: Mutex::new(HashMap::new()),
+            next_forward: AtomicU64::new(0),
             next_claim: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             stop: watch::channel(false).0,
@@ -263,12 +271,27 @@ impl Cluster {
     /// with matching subscribers, and each matching shared subscription group served by one
     /// node (round robin over the nodes with members; `local_groups` are the groups with
     /// members here). Returns whether another node got it, and the groups this node serves.
-    pub fn route(&self, message: &Message, local_groups: &[Arc<str>]) -> (bool, Vec<Arc<str>>) {
-        let (direct, remote_groups) = {
+    ///
+    /// With `only_groups`, just those shared groups are served (a redelivery): no plain
+    /// subscriber gets the message again.
+    pub fn route(
+        &self,
+        message: &Message,
+        local_groups: &[Arc<str>],
+        only_groups: Option<&[Arc<str>]>,
+    ) -> (bool, Vec<Arc<str>>) {
+        let (direct, mut remote_groups) = {
             let routes = read(&self.routes);
             (routes.nodes_for(&message.topic), routes.shared_for(&message.topic))
         };
-        let mut per_node: HashMap<NodeId, Vec<String>> = direct.into_iter().map(|n| (n, Vec::new())).collect();
+        let shared_only = only_groups.is_some();
+        if let Some(only) = only_groups {
+            remote_groups.retain(|(g, _)| only.contains(g));
+        }
+        let mut per_node: HashMap<NodeId, Vec<String>> = match shared_only {
+            true => HashMap::new(),
+            false => direct.into_iter().map(|n| (n, Vec::new())).collect(),
+        };
         let mut local = Vec::new();
         if !remote_groups.is_empty() {
             // Candidates per group: `None` is this node.
@@ -300,12 +323,65 @@ impl Cluster {
                 tracing::debug!(%node, "peer is slow: QoS 0 forward dropped");
                 continue;
             }
-            outbox.push(Arc::new(wire::encode(&wire::Message::Forward {
+            // A QoS 1/2 message for a shared group is kept until the member has it, so that
+            // it can go to another member if that node dies first.
+            let forward_id = if message.qos > 0 && !shared_groups.is_empty() {
+                let id = self.next_forward.fetch_add(1, Ordering::Relaxed) + 1;
+                let groups = shared_groups.iter().map(|g| Arc::from(g.as_str())).collect();
+                lock(&self.pending_shared)
+                    .entry(node.clone())
+                    .or_default()
+                    .insert(id, (message.clone(), groups));
+                id
+            } else {
+                0
+            };
+            let forward = wire::Message::Forward {
                 message: message.clone(),
                 shared_groups,
-            })));
+                forward_id,
+                shared_only,
+            };
+            outbox.push(Arc::new(wire::encode(&forward)));
         }
         (forwarded, local)
+    }
+
+    /// The shared-group messages a node settled (its member acknowledged or dropped them).
+    pub fn shared_settled(&self, settled: Vec<(String, u64, Arc<str>)>) {
+        for (node, forward_id, group) in settled {
+            let node: NodeId = Arc::from(node.as_str());
+            self.send(
+                &node,
+                &wire::Message::SharedSettled {
+                    forward_id,
+                    group: group.to_string(),
+                },
+            );
+        }
+    }
+
+    fn settle_pending(&self, node: &NodeId, forward_id: u64, group: &str) {
+        let mut pending = lock(&self.pending_shared);
+        if let Some(by_id) = pending.get_mut(node)
+            && let Some((_, groups)) = by_id.get_mut(&forward_id)
+        {
+            groups.retain(|g| &**g != group);
+            if groups.is_empty() {
+                by_id.remove(&forward_id);
+            }
+        }
+    }
+
+    /// A node is gone: the shared-group messages it had not settled go to other members.
+    fn redeliver_shared_of(&self, node: &NodeId) {
+        let pending = lock(&self.pending_shared).remove(node).unwrap_or_default();
+        if !pending.is_empty() {
+            tracing::info!(%node, count = pending.len(), "redelivering shared subscription messages of a departed node");
+        }
+        for (_, (message, groups)) in pending {
+            self.broker.redeliver_shared(message, groups.into_iter().collect());
+        }
     }
 
     /// Replicates a retained message (or its deletion) to every node; the receiver completes
@@ -641,9 +717,18 @@ impl Core {
                 );
             }
             wire::Message::RouteSnapshot(filters) => write(&cluster.routes).replace(&node, filters),
-            wire::Message::Forward { message, shared_groups } => {
-                cluster.broker.publish_from_peer(message, &shared_groups)
+            wire::Message::Forward {
+                message,
+                shared_groups,
+                forward_id,
+                shared_only,
+            } => {
+                let origin = (forward_id != 0).then(|| (node.to_string(), forward_id));
+                cluster
+                    .broker
+                    .publish_from_peer(message, &shared_groups, origin, shared_only)
             }
+            wire::Message::SharedSettled { forward_id, group } => cluster.settle_pending(&node, forward_id, &group),
             wire::Message::RetainedPut { seq, message } => {
                 cluster.broker.apply_retained(message);
                 cluster.send(&node, &wire::Message::RetainedAck { seq });
@@ -735,6 +820,7 @@ impl Core {
                 self.cluster.ack_retained(&node, None);
                 self.cluster.claim_answered(&node, None, None);
                 self.take_over_wills(&node, why);
+                self.cluster.redeliver_shared_of(&node);
                 self.check_joined();
             }
         }
@@ -800,6 +886,10 @@ impl Core {
         tracing::info!("Cluster size = {}", self.membership.size());
         let _ = self.cluster.joined.send(true);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

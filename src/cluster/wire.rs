@@ -72,9 +72,20 @@ pub enum Message {
     RouteSnapshot(Vec<String>),
     /// A message for the receiver's local subscribers, and for the shared subscription
     /// groups (`$share/{group}/{filter}`) the sender chose the receiver to serve.
+    ///
+    /// `forward_id` (non-zero for QoS 1/2 with shared groups) is answered with
+    /// `SharedSettled` once each group's member has the message; `shared_only` marks a
+    /// redelivery to shared groups, which plain subscribers already had.
     Forward {
         message: MqttMessage,
         shared_groups: Vec<String>,
+        forward_id: u64,
+        shared_only: bool,
+    },
+    /// The member of `group` that got forward `forward_id` acknowledged it (or it was dropped).
+    SharedSettled {
+        forward_id: u64,
+        group: String,
     },
     /// A retained message set (or deleted, with an empty payload) on the sender; acknowledged
     /// with `RetainedAck` carrying the same sequence number.

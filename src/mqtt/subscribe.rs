@@ -121,7 +121,9 @@ impl SubAck {
         let reason_codes = r.take_rest().to_vec();
         // 3.x return codes are 0, 1, 2 or 0x80 only [MQTT-3.9.3-2].
         if version != ProtocolVersion::V5 && reason_codes.iter().any(|c| !matches!(c, 0 | 1 | 2 | 0x80)) {
-            return Err(DecodeError::Malformed("SUBACK return code other than 0, 1, 2 or 0x80 [MQTT-3.9.3-2]"));
+            return Err(DecodeError::Malformed(
+                "SUBACK return code other than 0, 1, 2 or 0x80 [MQTT-3.9.3-2]",
+            ));
         }
         Ok(SubAck {
             packet_id,

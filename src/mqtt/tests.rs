@@ -1205,4 +1205,3 @@ fn fuzz_regressions_round_trip_quirks_are_refused() {
         other => panic!("{other:?}"),
     }
 }
-

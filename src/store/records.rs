@@ -50,4 +50,7 @@ pub struct OutgoingRecord {
     pub packet_id: Option<u16>,
     /// QoS 2: PUBREC received and PUBREL sent, waiting for PUBCOMP.
     pub released: bool,
+    /// For a shared-group message sent here by another node: that node and its forward id,
+    /// told when the message is settled so it stops keeping a copy.
+    pub origin: Option<(String, u64)>,
 }
