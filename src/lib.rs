@@ -8,9 +8,11 @@
 //! - [`store`]: redb persistence of everything that must survive a restart, with group commit.
 //! - [`listener`]: sockets; one task per connection speaks MQTT and drives the broker.
 //! - [`server`]: starts and stops a node.
+//! - [`bench`]: the `apiary-bench` load generator (Apiary vs mosquitto, side by side).
 #![forbid(unsafe_code)]
 #![deny(unused_must_use)]
 
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod listener;
