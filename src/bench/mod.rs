@@ -401,9 +401,10 @@ impl Bench<'_> {
                     true,
                 )
                 .await?;
+            let lag = run.stats.lag_ms();
             let mut samples = run.stop().await?;
             samples.sort_unstable();
-            anyhow::Ok((saturation, drained, offered, paced, samples))
+            anyhow::Ok((saturation, drained, offered, paced, samples, lag))
         })
         .await
         .context("timed out")
@@ -415,7 +416,7 @@ impl Bench<'_> {
             ("3.p99", "latency p99", "ms"),
             ("3.p999", "latency p99.9", "ms"),
         ];
-        let (saturation, drained, offered, paced, samples) = match result {
+        let (saturation, drained, offered, paced, samples, lag) = match result {
             Ok(r) => r,
             Err(e) => {
                 let e = format!("{e:#}");
@@ -432,6 +433,8 @@ impl Bench<'_> {
             "delivered_msg_s": paced.delivered_per_sec(),
             "drained_before_latency": drained,
             "max_ms": samples.last().map(|&ns| ns as f64 / 1e6),
+            "publisher_lag_mean_ms": lag.map(|l| l.0),
+            "publisher_lag_max_ms": lag.map(|l| l.1),
         });
         let values = [
             Some(saturation.delivered_per_sec()),

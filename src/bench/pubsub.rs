@@ -97,6 +97,22 @@ pub struct Stats {
     pub published: AtomicU64,
     /// Subscribers keep latency samples only while this is set.
     pub recording: AtomicBool,
+    /// Paced publishers' lateness (actual − scheduled send time) while recording: sum and maximum
+    /// in ns, and count. Large values mean the load generator, not the broker, fell behind.
+    pub lag_sum: AtomicU64,
+    pub lag_max: AtomicU64,
+    pub lag_count: AtomicU64,
+}
+
+impl Stats {
+    /// Mean and maximum publisher lateness in ms, if any paced message was recorded.
+    pub fn lag_ms(&self) -> Option<(f64, f64)> {
+        let n = self.lag_count.load(Ordering::SeqCst);
+        (n > 0).then(|| {
+            let sum = self.lag_sum.load(Ordering::SeqCst) as f64;
+            (sum / n as f64 / 1e6, self.lag_max.load(Ordering::SeqCst) as f64 / 1e6)
+        })
+    }
 }
 
 /// One topic: its publishers' topic names and its subscribers' filters.
@@ -406,6 +422,7 @@ impl Publisher {
         let mut packet_id: u16 = 1;
         let mut period = PAUSED;
         let mut next_due = Instant::now();
+        let mut lag_from: Option<Instant> = None;
         while !*stop.borrow() {
             let pace = self.pace.load(Ordering::Relaxed);
             if pace != period {
@@ -437,10 +454,20 @@ impl Publisher {
                 }
                 queued += 1;
             }
+            if period != 0 && queued > 0 && self.stats.recording.load(Ordering::Relaxed) {
+                // Lateness of the oldest message of the batch, measured once it is written below.
+                lag_from = Some(next_due - Duration::from_nanos(period * queued));
+            }
             if queued > 0 {
                 self.flow.on_sent(queued);
                 self.stats.published.fetch_add(queued, Ordering::Relaxed);
                 client.flush().await?;
+                if let Some(scheduled) = lag_from.take() {
+                    let lag = u64::try_from(scheduled.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.stats.lag_sum.fetch_add(lag, Ordering::Relaxed);
+                    self.stats.lag_max.fetch_max(lag, Ordering::Relaxed);
+                    self.stats.lag_count.fetch_add(1, Ordering::Relaxed);
+                }
                 if queued == BATCH as u64 && !qos1 {
                     tokio::task::yield_now().await;
                     continue;
