@@ -10,9 +10,11 @@
 //! - [`listener`]: TCP, TLS and WebSocket listeners; one task per connection speaks MQTT and
 //!   drives the broker.
 //! - [`server`]: starts and stops a node.
+//! - [`bench`]: the `apiary-bench` load generator (Apiary vs mosquitto, side by side).
 #![forbid(unsafe_code)]
 #![deny(unused_must_use)]
 
+pub mod bench;
 pub mod broker;
 pub mod cluster;
 pub mod config;
