@@ -8,6 +8,7 @@
 //! - [`cluster`]: membership, failure detection, routing between nodes.
 //! - [`store`]: redb persistence of everything that must survive a restart, with group commit.
 //! - [`listener`]: sockets; one task per connection speaks MQTT and drives the broker.
+//! - [`extension`]: WebAssembly extensions (cluster discovery), sandboxed with wasmtime.
 //! - [`server`]: starts and stops a node.
 #![forbid(unsafe_code)]
 #![deny(unused_must_use)]
@@ -15,6 +16,7 @@
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod extension;
 pub mod listener;
 pub mod mqtt;
 pub mod server;
