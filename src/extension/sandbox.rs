@@ -60,7 +60,7 @@ impl Default for Limits {
 pub enum CallError {
     #[error("did not return within {0:?} (timeout)")]
     Timeout(Duration),
-    #[error("trapped: {0}")]
+    #[error("{0}")]
     Trap(String),
     #[error("{0}")]
     Other(String),
@@ -70,7 +70,11 @@ impl CallError {
     fn from_wasmtime(e: wasmtime::Error, timeout: Duration) -> CallError {
         match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => CallError::Timeout(timeout),
-            Some(_) => CallError::Trap(format!("{e:#}")),
+            // The trap alone makes a one-line log; the wasm backtrace is for debugging.
+            Some(trap) => {
+                tracing::debug!("{e:?}");
+                CallError::Trap(trap.to_string())
+            }
             None => CallError::Other(format!("{e:#}")),
         }
     }
