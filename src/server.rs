@@ -68,7 +68,7 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
         .await
         .context("starting the listeners")?;
     let broker = Broker::new(settings, store, loaded);
-    let mut extensions = Extensions::start(&options.extensions_dir, options.extension_policy).await?;
+    let extensions = Extensions::start(&options.extensions_dir, options.extension_policy).await?;
     if let Some(settings) = cluster_settings {
         let me = cluster::node_id::load_or_create(&options.data_dir)?;
         let cluster = Cluster::start(settings, me, broker.clone()).await?;

@@ -166,7 +166,7 @@ async fn sample_provides_the_node_list_from_its_config() {
         "nodes=10.0.0.1:7800, [::1]:7801,node-3.example:7802\nreload-interval=1\n",
         1000,
     );
-    let mut ext = Extensions::start(dir.path(), Policy::default()).await.unwrap();
+    let ext = Extensions::start(dir.path(), Policy::default()).await.unwrap();
     assert_eq!(ext.started().len(), 1);
     assert!(logged(
         "Extension \"static-discovery name\" version 1.2.3 started successfully."
@@ -216,8 +216,42 @@ async fn disabled_extensions_are_not_loaded_and_start_order_is_by_start_priority
     let off = install(dir.path(), "off", &g.sample, "nodes=10.0.0.1:1", 9999);
     std::fs::write(off.join("DISABLED"), "").unwrap();
     let ext = Extensions::start(dir.path(), Policy::default()).await.unwrap();
-    let ids: Vec<&str> = ext.started().iter().map(|d| d.id.as_str()).collect();
+    let ids: Vec<String> = ext.started().into_iter().map(|d| d.id).collect();
     assert_eq!(ids, ["high", "low"]);
+    ext.stop().await;
+}
+
+/// While the node runs: creating `DISABLED` stops an extension (its node list goes), deleting
+/// it starts the extension again, and a folder dropped in is started (even when the watcher
+/// sees it half-copied first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_file_at_runtime_stops_and_starts_extensions() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hot = install(dir.path(), "hot", &guests().sample, "nodes=10.3.3.3:7800", 1000);
+    let ext = Extensions::start(dir.path(), Policy::default()).await.unwrap();
+    let (_, sink) = sink();
+    ext.start_discovery(input(60), sink);
+    wait_until("the first list", || ext.discovered() == ["10.3.3.3:7800"]).await;
+
+    std::fs::write(hot.join("DISABLED"), "").unwrap();
+    wait_until("the stop", || {
+        logged("Extension \"hot name\" version 1.2.3 stopped successfully.")
+    })
+    .await;
+    assert!(ext.started().is_empty());
+    assert!(ext.discovered().is_empty());
+
+    std::fs::remove_file(hot.join("DISABLED")).unwrap();
+    wait_until("the restart", || ext.discovered() == ["10.3.3.3:7800"]).await;
+
+    install(dir.path(), "late", &guests().sample, "nodes=10.4.4.4:7800", 1000);
+    wait_until("the new folder", || {
+        ext.discovered() == ["10.3.3.3:7800", "10.4.4.4:7800"]
+    })
+    .await;
+    let ids: Vec<String> = ext.started().into_iter().map(|d| d.id).collect();
+    assert_eq!(ids, ["hot", "late"]);
     ext.stop().await;
 }
 
@@ -296,7 +330,7 @@ async fn garbage_addresses_are_ignored() {
         "mode=garbage\nnodes=10.1.1.1:7800,10.1.1.2:7800",
         1000,
     );
-    let mut ext = Extensions::start(dir.path(), policy(Duration::from_secs(5), 3))
+    let ext = Extensions::start(dir.path(), policy(Duration::from_secs(5), 3))
         .await
         .unwrap();
     let (seen, sink) = sink();
@@ -320,7 +354,7 @@ async fn a_repeatedly_failing_extension_is_disabled() {
         "mode=panic\nwhen=reload\nnodes=10.2.2.2:7800",
         1000,
     );
-    let mut ext = Extensions::start(dir.path(), policy(Duration::from_secs(5), 3))
+    let ext = Extensions::start(dir.path(), policy(Duration::from_secs(5), 3))
         .await
         .unwrap();
     let (_, sink) = sink();
@@ -356,7 +390,7 @@ async fn a_call_blocked_in_the_host_is_given_up_on() {
         "mode=sleep\nwhen=reload",
         1000,
     );
-    let mut ext = Extensions::start(dir.path(), policy(Duration::from_millis(200), 2))
+    let ext = Extensions::start(dir.path(), policy(Duration::from_millis(200), 2))
         .await
         .unwrap();
     let (_, sink) = sink();

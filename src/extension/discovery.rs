@@ -97,6 +97,19 @@ impl Nodes {
         all.into_iter().cloned().collect()
     }
 
+    /// Forgets an extension's list (it stopped).
+    pub fn remove(&self, extension: &str) {
+        let removed = self
+            .by_extension
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(extension)
+            .is_some();
+        if removed {
+            (self.sink)(self.union());
+        }
+    }
+
     fn set(&self, extension: &str, nodes: Vec<String>) {
         let changed = {
             let mut lists = self.by_extension.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,25 +163,17 @@ pub(super) async fn drive(job: Job, first: Option<Instance>, mut stop: watch::Re
                     return Ended::Stopped;
                 }
                 let (plugin, config) = (plugin.clone(), read_config(&id, &folder));
-                match off_runtime(timeout, move || plugin.instantiate(policy.limits, config)).await {
-                    Some(Ok(i)) => {
+                let starting = off_runtime(timeout, move || plugin.instantiate(policy.limits, config));
+                let Some(started) = unless_stopped(&mut stop, starting).await else {
+                    return Ended::Stopped;
+                };
+                match started.unwrap_or(Err(CallError::Timeout(timeout))) {
+                    Ok(i) => {
                         next = Call::Init;
                         i
                     }
-                    Some(Err(e)) => {
+                    Err(e) => {
                         if failed(&id, &mut failures, policy, "starting a fresh instance", &e) {
-                            return Ended::Disabled;
-                        }
-                        continue;
-                    }
-                    None => {
-                        if failed(
-                            &id,
-                            &mut failures,
-                            policy,
-                            "starting a fresh instance",
-                            &CallError::Timeout(timeout),
-                        ) {
                             return Ended::Disabled;
                         }
                         continue;
@@ -179,11 +184,14 @@ pub(super) async fn drive(job: Job, first: Option<Instance>, mut stop: watch::Re
         current.set_config(read_config(&id, &folder));
         let call = next;
         let wit_input = input.wit(interval);
-        let outcome = off_runtime(timeout, move || {
+        let calling = off_runtime(timeout, move || {
             let r = current.discover(call, &wit_input);
             (current, r)
-        })
-        .await;
+        });
+        // Stopping mid-call gives the instance up (no `destroy` on an instance still busy).
+        let Some(outcome) = unless_stopped(&mut stop, calling).await else {
+            return Ended::Stopped;
+        };
         let what = match call {
             Call::Init => "init",
             Call::Reload => "reload",
@@ -318,6 +326,14 @@ pub(super) async fn off_runtime<R: Send + 'static>(
         })
         .ok()?;
     tokio::time::timeout(timeout + GRACE, rx).await.ok()?.ok()
+}
+
+/// Awaits `f` unless `stop` turns true first (then `None`).
+async fn unless_stopped<T>(stop: &mut watch::Receiver<bool>, f: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        r = f => Some(r),
+        _ = stop.wait_for(|s| *s) => None,
+    }
 }
 
 /// Waits `d`; true if `stop` turned (or was) true meanwhile.

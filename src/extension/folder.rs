@@ -19,9 +19,16 @@ pub struct Found {
     pub component: PathBuf,
 }
 
-/// Every loadable extension in `dir`, in start order: start-priority descending, then id.
-/// A missing `dir` has no extensions.
+/// Every loadable extension in `dir`, in start order. A missing `dir` has no extensions.
 pub fn scan(dir: &Path) -> Vec<Found> {
+    let mut found: Vec<Found> = folders(dir).iter().filter_map(|f| check(f)).collect();
+    sort_for_start(&mut found);
+    found
+}
+
+/// The sub-folders of `dir` without a `DISABLED` file, sorted by name (so that warnings and
+/// ties come out the same on every start).
+pub fn folders(dir: &Path) -> Vec<PathBuf> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -34,18 +41,20 @@ pub fn scan(dir: &Path) -> Vec<Found> {
     let mut folders: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_dir())
+        .filter(|p| p.is_dir() && !is_disabled(p))
         .collect();
-    // Stable order, so that warnings and ties come out the same on every start.
     folders.sort();
-    let mut found: Vec<Found> = folders.iter().filter_map(|f| check(f)).collect();
+    folders
+}
+
+/// Start order: start-priority descending, then id.
+pub fn sort_for_start(found: &mut [Found]) {
     found.sort_by(|a, b| {
         b.descriptor
             .start_priority
             .cmp(&a.descriptor.start_priority)
             .then_with(|| a.descriptor.id.cmp(&b.descriptor.id))
     });
-    found
 }
 
 /// Whether the folder's extension is disabled by its marker file.
@@ -57,7 +66,6 @@ pub fn is_disabled(folder: &Path) -> bool {
 pub fn check(folder: &Path) -> Option<Found> {
     let shown = folder.display();
     if is_disabled(folder) {
-        tracing::debug!("{shown}: has a {DISABLED} file, not loaded");
         return None;
     }
     let descriptor = match Descriptor::from_file(&folder.join(descriptor::FILE_NAME)) {
