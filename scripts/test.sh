@@ -14,6 +14,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# WASM extensions (extensions/, sdk/) are built for this target by tests/extensions.rs.
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
   python3 -m pip install -q -r interop/requirements.txt
 fi

@@ -9,6 +9,7 @@
 //! - [`store`]: redb persistence of everything that must survive a restart, with group commit.
 //! - [`listener`]: TCP, TLS and WebSocket listeners; one task per connection speaks MQTT and
 //!   drives the broker.
+//! - [`extension`]: WebAssembly extensions (cluster discovery), sandboxed with wasmtime.
 //! - [`server`]: starts and stops a node.
 //! - [`bench`]: the `apiary-bench` load generator (Apiary vs mosquitto, side by side).
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod bench;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod extension;
 pub mod listener;
 pub mod mqtt;
 pub mod server;

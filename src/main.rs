@@ -114,6 +114,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             config,
             data_dir: args.data_dir,
             extensions_dir: args.extensions_dir,
+            extension_policy: Default::default(),
         })
         .await?;
         running.run_until_signal().await

@@ -11,7 +11,9 @@ use tokio::task::JoinSet;
 
 use crate::broker::{Broker, Settings};
 use crate::cluster::{self, Cluster};
-use crate::config::{Config, PersistenceMode};
+use crate::config::{Config, Discovery, PersistenceMode};
+use crate::extension::Extensions;
+use crate::extension::discovery::{self, Policy};
 use crate::listener;
 use crate::store::{Loaded, Store};
 
@@ -21,11 +23,14 @@ pub struct Options {
     pub config: Config,
     pub data_dir: PathBuf,
     pub extensions_dir: PathBuf,
+    /// Limits and failure policy of the extensions.
+    pub extension_policy: Policy,
 }
 
 /// A started node.
 pub struct Running {
     broker: Arc<Broker>,
+    extensions: Extensions,
     addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -63,9 +68,23 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
         .await
         .context("starting the listeners")?;
     let broker = Broker::new(settings, store, loaded);
+    let extensions = Extensions::start(&options.extensions_dir, options.extension_policy).await?;
     if let Some(settings) = cluster_settings {
         let me = cluster::node_id::load_or_create(&options.data_dir)?;
-        Cluster::start(settings, me, broker.clone()).await?;
+        let cluster = Cluster::start(settings, me, broker.clone()).await?;
+        if let Discovery::Extension { reload_interval_secs } = config.cluster.discovery {
+            let (own_host, own_port) = split_address(&cluster.settings.advertised)?;
+            let input = discovery::Input {
+                own_cluster_id: cluster.id().to_string(),
+                own_host,
+                own_port,
+                reload_interval: std::time::Duration::from_secs(u64::from(reload_interval_secs.max(1))),
+            };
+            if extensions.started().is_empty() {
+                tracing::warn!("<discovery><extension> is configured, but no extension is started");
+            }
+            extensions.start_discovery(input, Arc::new(move |nodes| cluster.discovered(nodes)));
+        }
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -77,6 +96,7 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
     tracing::info!("Started Apiary in {}ms", started.elapsed().as_millis());
     Ok(Running {
         broker,
+        extensions,
         addrs,
         shutdown,
         tasks,
@@ -93,9 +113,15 @@ impl Running {
         &self.broker
     }
 
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
     /// Stops accepting, closes every connection, and waits for it all to finish.
     pub async fn stop(mut self) {
         tracing::info!("Shutting down Apiary");
+        // First, so that discovery extensions can unregister this node while it is still up.
+        self.extensions.stop().await;
         if let Some(cluster) = self.broker.cluster() {
             cluster.leave().await;
         }
@@ -121,4 +147,15 @@ impl Running {
         self.stop().await;
         Ok(())
     }
+}
+
+/// "host:port" (or "[v6]:port") → host and port.
+fn split_address(address: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("cluster address {address:?} has no port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("cluster address {address:?}: bad port"))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
 }

@@ -61,7 +61,9 @@ impl Settings {
         anyhow::ensure!(tcp.tls.is_none(), "<cluster><transport><tcp><tls> is not supported yet");
         let seeds = match &config.discovery {
             Discovery::Static(nodes) => nodes.iter().map(|n| format!("{}:{}", n.host, n.port)).collect(),
-            other => anyhow::bail!("<cluster><discovery> {other:?} is not supported yet: use <static>"),
+            // Addresses arrive at runtime from discovery extensions, through `discovered`.
+            Discovery::Extension { .. } => Vec::new(),
+            other => anyhow::bail!("<cluster><discovery> {other:?} is not supported yet: use <static> or <extension>"),
         };
         let bind_address = tcp.bind_address.clone().unwrap_or_else(|| "0.0.0.0".into());
         let advertised_host = tcp.external_address.clone().unwrap_or_else(|| bind_address.clone());
@@ -93,6 +95,8 @@ pub(crate) enum CoreEvent {
         node: NodeId,
         address: String,
     },
+    /// Discovery extensions found these addresses.
+    Discovered(Vec<String>),
     /// A first (or later) connection attempt to a discovery address finished.
     AttemptDone {
         address: String,
@@ -218,6 +222,11 @@ impl Cluster {
 
     pub fn id(&self) -> &NodeId {
         &self.me
+    }
+
+    /// Addresses found by discovery extensions: each is dialled (from now on, like a seed).
+    pub fn discovered(&self, addresses: Vec<String>) {
+        self.core(CoreEvent::Discovered(addresses));
     }
 
     pub(crate) fn core(&self, event: CoreEvent) {
@@ -613,6 +622,11 @@ impl Core {
             CoreEvent::Inbound { node, address } => {
                 self.membership.heard(&node, now);
                 self.dial(address);
+            }
+            CoreEvent::Discovered(addresses) => {
+                for a in addresses {
+                    self.dial(a);
+                }
             }
             CoreEvent::AttemptDone { address } => {
                 self.untried.remove(&address);
