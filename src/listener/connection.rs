@@ -46,6 +46,10 @@ enum Close {
 }
 
 const READ_CHUNK: usize = 8 * 1024;
+/// Buffers of a connection quiet for this long are given back: thousands of idle clients
+/// should not each hold read and write buffers.
+const IDLE_SHRINK: Duration = Duration::from_secs(1);
+const READ_IDLE: usize = 256;
 
 /// Serves one network connection until it ends. `admitted` is false when `max-connections`
 /// was reached: the CONNECT is answered with "quota exceeded" / "server unavailable".
@@ -61,7 +65,7 @@ pub async fn serve<S>(
     let settings = broker.settings().clone();
     let (reader, mut writer) = tokio::io::split(stream);
     let mut reader = Throttled::new(reader, settings.restrictions.incoming_bandwidth_throttling);
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut rbuf = BytesMut::with_capacity(READ_IDLE);
     let idle = Duration::from_millis(settings.restrictions.no_connect_idle_timeout_ms);
 
     // The first packet must be CONNECT [MQTT-3.1.0-1], within the idle timeout. A shutdown
@@ -128,7 +132,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
             Some(_) => return Ok(None),
             None => {}
         }
-        buf.reserve(READ_CHUNK);
+        buf.reserve(READ_IDLE);
         match reader.read_buf(buf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
@@ -452,7 +456,9 @@ impl Connection {
     {
         let max_packet_size = self.broker.settings().mqtt.max_packet_size;
         let receive_maximum = usize::from(self.broker.settings().mqtt.server_receive_maximum);
-        let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut wbuf = BytesMut::new();
+        // Small reads until the client sends more than a small buffer holds.
+        let mut idle = true;
         // 1.5 times the keep alive without a packet ends the connection [MQTT-3.1.2-24].
         let grace = self.keep_alive + self.keep_alive / 2;
         let mut deadline = Instant::now() + grace;
@@ -489,11 +495,19 @@ impl Connection {
             // Taken out of the queue while we wait on it; put back if still pending.
             let mut replication = self.out.front_mut().and_then(|p| p.replicated.take());
             let may_read = self.acks_pending < receive_maximum;
-            rbuf.reserve(READ_CHUNK);
+            rbuf.reserve(if idle { READ_IDLE } else { READ_CHUNK });
+            let room = rbuf.capacity() - rbuf.len();
+            let can_shrink = !idle && rbuf.is_empty() && self.out.is_empty();
             tokio::select! {
                 read = reader.read_buf(&mut rbuf), if may_read => match read {
                     Ok(0) | Err(_) => return Close::Lost,
-                    Ok(_) => {}
+                    // A full small read means traffic: read in large chunks from now on.
+                    Ok(n) => idle &= n < room,
+                },
+                _ = tokio::time::sleep(IDLE_SHRINK), if can_shrink => {
+                    idle = true;
+                    rbuf = BytesMut::new();
+                    wbuf = BytesMut::new();
                 },
                 item = self.rx.recv() => match item {
                     Some(item) => if let Some(close) = self.take_outbound(item) {

@@ -147,35 +147,37 @@ async fn handle(
     // The HTTP upgrade is bounded like the wait for CONNECT.
     let upgrade_timeout = Duration::from_millis(broker.settings().restrictions.no_connect_idle_timeout_ms);
     match transport {
-        Transport::Tcp => mqtt(stream, peer, broker, shutdown).await,
+        // Each transport's future is boxed: the task then holds only the one in use, not the
+        // largest (TLS state is several KiB), which keeps idle connections small.
+        Transport::Tcp => Box::pin(mqtt(stream, peer, broker, shutdown)).await,
         Transport::Tls(acceptor) => {
             let tls = tokio::select! {
-                tls = acceptor.accept(stream, peer, &listener) => tls,
+                tls = Box::pin(acceptor.accept(stream, peer, &listener)) => tls,
                 _ = shutdown.changed() => return,
             };
             if let Some(tls) = tls {
-                mqtt(tls, peer, broker, shutdown).await;
+                Box::pin(mqtt(tls, peer, broker, shutdown)).await;
             }
         }
         Transport::WebSocket(settings) => {
             let ws = tokio::select! {
-                ws = websocket::accept(stream, settings, peer, &listener, upgrade_timeout) => ws,
+                ws = Box::pin(websocket::accept(stream, settings, peer, &listener, upgrade_timeout)) => ws,
                 _ = shutdown.changed() => return,
             };
             if let Some(ws) = ws {
-                mqtt(ws, peer, broker, shutdown).await;
+                Box::pin(mqtt(ws, peer, broker, shutdown)).await;
             }
         }
         Transport::TlsWebSocket(acceptor, settings) => {
             let ws = tokio::select! {
-                ws = async {
+                ws = Box::pin(async {
                     let tls = acceptor.accept(stream, peer, &listener).await?;
                     websocket::accept(tls, settings, peer, &listener, upgrade_timeout).await
-                } => ws,
+                }) => ws,
                 _ = shutdown.changed() => return,
             };
             if let Some(ws) = ws {
-                mqtt(ws, peer, broker, shutdown).await;
+                Box::pin(mqtt(ws, peer, broker, shutdown)).await;
             }
         }
     }
