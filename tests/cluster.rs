@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use apiary::config::Config;
-use apiary::mqtt::{Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use apiary::mqtt::{Packet, Properties, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
 use bytes::Bytes;
 use common::*;
 
@@ -66,18 +66,6 @@ async fn futures_join_all<F: std::future::Future<Output = TestBroker> + Send + '
     out
 }
 
-fn publish(topic: &str, qos: QoS, packet_id: u16, retain: bool, payload: &str) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: topic.into(),
-        packet_id,
-        properties: Properties::default(),
-        payload: Bytes::from(payload.to_owned()),
-    })
-}
-
 async fn subscriber(addr: SocketAddr, id: &str, filter: &str) -> RawClient {
     let (mut c, _) = RawClient::connect(addr, connect_packet(ProtocolVersion::V5, id, true)).await;
     c.send(&Packet::Subscribe(Subscribe {
@@ -114,7 +102,7 @@ async fn three_nodes_route_messages_between_each_other() {
     let mut pid = 0;
     loop {
         pid += 1;
-        publ.send(&publish("cross/probe", QoS::AtLeastOnce, pid, false, "probe"))
+        publ.send(&publish_packet("cross/probe", QoS::AtLeastOnce, pid, false, "probe"))
             .await;
         assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
         if let Ok(Some(Packet::Publish(_))) = on_3.recv_within(Duration::from_millis(200)).await {
@@ -131,8 +119,14 @@ async fn three_nodes_route_messages_between_each_other() {
         .enumerate()
     {
         pid += 1;
-        publ.send(&publish(&format!("cross/{i}"), qos, pid, false, &format!("m{i}")))
-            .await;
+        publ.send(&publish_packet(
+            &format!("cross/{i}"),
+            qos,
+            pid,
+            false,
+            &format!("m{i}"),
+        ))
+        .await;
         if qos == QoS::AtLeastOnce {
             assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
         }
@@ -179,8 +173,14 @@ async fn three_nodes_route_messages_between_each_other() {
     }
     // Order per publisher and topic across nodes.
     for i in 0..50u16 {
-        publ.send(&publish("cross/order", QoS::AtMostOnce, 0, false, &i.to_string()))
-            .await;
+        publ.send(&publish_packet(
+            "cross/order",
+            QoS::AtMostOnce,
+            0,
+            false,
+            &i.to_string(),
+        ))
+        .await;
     }
     let mut seen = Vec::new();
     while seen.len() < 50 {
@@ -206,7 +206,7 @@ async fn retained_is_cluster_wide_right_after_the_ack() {
     let (mut publ, _) = RawClient::connect(nodes[0].addr, connect_packet(ProtocolVersion::V5, "rp", true)).await;
     for round in 0..5u16 {
         let value = format!("v{round}");
-        publ.send(&publish("cfg/rw", QoS::AtLeastOnce, round + 1, true, &value))
+        publ.send(&publish_packet("cfg/rw", QoS::AtLeastOnce, round + 1, true, &value))
             .await;
         assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
         // Immediately after the ack, on another node.
@@ -216,7 +216,8 @@ async fn retained_is_cluster_wide_right_after_the_ack() {
             other => panic!("expected the retained message, got {other:?}"),
         }
     }
-    publ.send(&publish("cfg/rw", QoS::AtLeastOnce, 100, true, "")).await;
+    publ.send(&publish_packet("cfg/rw", QoS::AtLeastOnce, 100, true, ""))
+        .await;
     assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
     let mut sub = subscriber(nodes[2].addr, "after-delete", "cfg/rw").await;
     assert!(
@@ -241,8 +242,14 @@ async fn node_leaves_and_rejoins_as_itself() {
         wait_until("the others see it leave", || n.broker().cluster().unwrap().size() == 2).await;
     }
     let (mut publ, _) = RawClient::connect(nodes[0].addr, connect_packet(ProtocolVersion::V5, "p", true)).await;
-    publ.send(&publish("missed/while/away", QoS::AtLeastOnce, 1, true, "hello again"))
-        .await;
+    publ.send(&publish_packet(
+        "missed/while/away",
+        QoS::AtLeastOnce,
+        1,
+        true,
+        "hello again",
+    ))
+    .await;
     assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
 
     let back = TestBroker::start_in(dir, config).await;
@@ -286,8 +293,9 @@ async fn session_takeover_across_nodes() {
     assert!(matches!(on_a.recv().await, Some(Packet::SubAck(_))));
     // Two messages: one in flight (never acked), one queued behind the window of 1.
     let (mut publ, _) = RawClient::connect(nodes[0].addr, connect_packet(ProtocolVersion::V5, "pa", true)).await;
-    publ.send(&publish("roam/1", QoS::AtLeastOnce, 1, false, "first")).await;
-    publ.send(&publish("roam/2", QoS::AtLeastOnce, 2, false, "second"))
+    publ.send(&publish_packet("roam/1", QoS::AtLeastOnce, 1, false, "first"))
+        .await;
+    publ.send(&publish_packet("roam/2", QoS::AtLeastOnce, 2, false, "second"))
         .await;
     let Some(Packet::Publish(inflight)) = on_a.recv().await else {
         panic!()
@@ -338,7 +346,7 @@ async fn session_takeover_across_nodes() {
     let mut pid = 10;
     loop {
         pid += 1;
-        publ.send(&publish("roam/3", QoS::AtLeastOnce, pid, false, "third"))
+        publ.send(&publish_packet("roam/3", QoS::AtLeastOnce, pid, false, "third"))
             .await;
         assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
         if let Ok(Some(Packet::Publish(p))) = on_b.recv_within(Duration::from_millis(300)).await {
@@ -405,7 +413,7 @@ async fn shared_subscription_across_nodes() {
     .await;
     let (mut publ, _) = RawClient::connect(nodes[2].addr, connect_packet(ProtocolVersion::V5, "boss", true)).await;
     for i in 1..=20u16 {
-        publ.send(&publish("jobs/x", QoS::AtLeastOnce, i, false, &i.to_string()))
+        publ.send(&publish_packet("jobs/x", QoS::AtLeastOnce, i, false, &i.to_string()))
             .await;
         assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
     }

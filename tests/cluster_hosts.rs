@@ -7,9 +7,9 @@ mod hosts;
 
 use std::time::{Duration, Instant};
 
-use apiary::mqtt::{Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use apiary::mqtt::{Packet, Properties, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
 use bytes::Bytes;
-use common::{RawClient, connect_packet};
+use common::{RawClient, connect_packet, publish_packet};
 use hosts::{Net, Node, cluster_config};
 
 const START: Duration = Duration::from_secs(30);
@@ -51,18 +51,6 @@ async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) {
     assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
 }
 
-fn publish(topic: &str, qos: QoS, packet_id: u16, retain: bool, payload: &str) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: topic.into(),
-        packet_id,
-        properties: Properties::default(),
-        payload: Bytes::from(payload.to_owned()),
-    })
-}
-
 /// Nodes started one after another, in reverse order, form one cluster; messages cross it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn formation_in_any_order_and_pubsub_across_hosts() {
@@ -90,7 +78,7 @@ async fn formation_in_any_order_and_pubsub_across_hosts() {
     subscribe(&mut sub, "hosts/#", QoS::AtLeastOnce).await;
     let (mut publ, _) = RawClient::connect(nodes[0].mqtt, connect_packet(ProtocolVersion::V5, "pub-on-3", true)).await;
     // Retained first: it is on every node once acknowledged.
-    publ.send(&publish("hosts/retained", QoS::AtLeastOnce, 1, true, "kept"))
+    publ.send(&publish_packet("hosts/retained", QoS::AtLeastOnce, 1, true, "kept"))
         .await;
     assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
     let (mut late, _) = RawClient::connect(nodes[2].mqtt, connect_packet(ProtocolVersion::V5, "late-on-2", true)).await;
@@ -101,7 +89,7 @@ async fn formation_in_any_order_and_pubsub_across_hosts() {
     let mut pid = 1;
     loop {
         pid += 1;
-        publ.send(&publish("hosts/live", QoS::AtLeastOnce, pid, false, "x"))
+        publ.send(&publish_packet("hosts/live", QoS::AtLeastOnce, pid, false, "x"))
             .await;
         assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
         match sub.recv_within(Duration::from_millis(300)).await {
@@ -334,8 +322,14 @@ async fn shared_messages_of_a_dead_members_node_go_to_another_member() {
     while at_silent.len() < 3 || at_acking.is_empty() {
         assert!(Instant::now() < deadline, "the group never spread over both nodes");
         pid += 1;
-        publ.send(&publish("work/x", QoS::AtLeastOnce, pid, false, &pid.to_string()))
-            .await;
+        publ.send(&publish_packet(
+            "work/x",
+            QoS::AtLeastOnce,
+            pid,
+            false,
+            &pid.to_string(),
+        ))
+        .await;
         assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
         while let Ok(Some(Packet::Publish(p))) = acking.recv_within(Duration::from_millis(100)).await {
             acking

@@ -7,21 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use apiary::config::PersistenceMode;
-use apiary::mqtt::{Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use apiary::mqtt::{Packet, Properties, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
 use bytes::Bytes;
 use common::*;
-
-fn publish(topic: &str, qos: QoS, packet_id: u16, retain: bool, payload: &str) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: topic.into(),
-        packet_id,
-        properties: Properties::default(),
-        payload: Bytes::from(payload.to_owned()),
-    })
-}
 
 fn subscribe(filter: &str) -> Packet {
     Packet::Subscribe(Subscribe {
@@ -51,11 +39,11 @@ async fn fill(addr: std::net::SocketAddr, n: u16) {
     assert!(sub.until_closed().await.is_empty());
     let (mut publ, _) = RawClient::connect(addr, connect_packet(ProtocolVersion::V311, "filler", true)).await;
     for i in 1..=n {
-        publ.send(&publish("p/q", QoS::AtLeastOnce, i, false, &format!("m{i}")))
+        publ.send(&publish_packet("p/q", QoS::AtLeastOnce, i, false, &format!("m{i}")))
             .await;
         assert!(matches!(publ.recv().await, Some(Packet::PubAck(a)) if a.packet_id == i));
     }
-    publ.send(&publish("p/retained", QoS::AtLeastOnce, 1000, true, "kept"))
+    publ.send(&publish_packet("p/retained", QoS::AtLeastOnce, 1000, true, "kept"))
         .await;
     assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
 }

@@ -109,6 +109,19 @@ pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
 
+/// A PUBLISH packet for raw-client tests.
+pub fn publish_packet(topic: &str, qos: apiary::mqtt::QoS, packet_id: u16, retain: bool, payload: &str) -> Packet {
+    Packet::Publish(apiary::mqtt::Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: topic.into(),
+        packet_id,
+        properties: Properties::default(),
+        payload: bytes::Bytes::from(payload.to_owned()),
+    })
+}
+
 /// A client that writes and reads MQTT packets with our codec: exact control over the bytes.
 pub struct RawClient {
     pub stream: Box<dyn Duplex>,
