@@ -23,6 +23,8 @@ if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
 fi
 
 # --- tests ------------------------------------------------------------------------------------
-cargo build --bins
+# One build: `cargo test` also builds target/debug/apiary (the tests run it), and a separate
+# `cargo build` would compile wasmtime a second time with other dependency features.
+mkdir -p target
 cargo test --all-targets 2>&1 | tee target/cargo-test.log
 APIARY_BIN=target/debug/apiary bash interop/run.sh
