@@ -38,6 +38,9 @@ struct RunArgs {
     /// The extensions folder.
     #[arg(long, env = "APIARY_EXTENSIONS_DIR", default_value = "extensions")]
     extensions_dir: PathBuf,
+    /// Where extensions' compiled code is cached [default: extension-cache in the data folder].
+    #[arg(long, env = "APIARY_EXTENSION_CACHE_DIR")]
+    extension_cache_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,6 +117,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             config,
             data_dir: args.data_dir,
             extensions_dir: args.extensions_dir,
+            extension_cache_dir: args.extension_cache_dir,
             extension_policy: Default::default(),
         })
         .await?;

@@ -23,6 +23,8 @@ pub struct Options {
     pub config: Config,
     pub data_dir: PathBuf,
     pub extensions_dir: PathBuf,
+    /// Where extensions' compiled code is cached; `None`: `extension-cache/` in the data folder.
+    pub extension_cache_dir: Option<PathBuf>,
     /// Limits and failure policy of the extensions.
     pub extension_policy: Policy,
 }
@@ -68,7 +70,8 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
         .await
         .context("starting the listeners")?;
     let broker = Broker::new(settings, store, loaded);
-    let extensions = Extensions::start(&options.extensions_dir, options.extension_policy).await?;
+    let cache_dir = (options.extension_cache_dir.clone()).unwrap_or_else(|| options.data_dir.join("extension-cache"));
+    let extensions = Extensions::start(&options.extensions_dir, options.extension_policy, Some(cache_dir)).await?;
     if let Some(settings) = cluster_settings {
         let me = cluster::node_id::load_or_create(&options.data_dir)?;
         let cluster = Cluster::start(settings, me, broker.clone()).await?;

@@ -3,6 +3,7 @@
 //! loaded through the host: alone (`Extensions`, `sandbox`) and inside a running node.
 
 mod common;
+mod guests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,6 +17,7 @@ use apiary::mqtt::{Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
 use apiary::server::{self, Options};
 use bytes::Bytes;
 use common::*;
+use guests::install;
 
 // ----- building the guests ------------------------------------------------------------------
 
@@ -25,48 +27,11 @@ struct Guests {
 }
 
 /// Builds the sample and the hostile extension once per test run.
-fn guests() -> &'static Guests {
-    static GUESTS: OnceLock<Guests> = OnceLock::new();
-    GUESTS.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let target = root.join("target").join("wasm-guests");
-        let build = |name: &str| {
-            let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--quiet", "--target", "wasm32-wasip2", "--manifest-path"])
-                .arg(root.join("extensions").join(name).join("Cargo.toml"))
-                .env("CARGO_TARGET_DIR", &target)
-                .status()
-                .expect("run cargo");
-            assert!(
-                status.success(),
-                "building extensions/{name} failed (rustup target add wasm32-wasip2?)"
-            );
-            target
-                .join("wasm32-wasip2/debug")
-                .join(format!("{}.wasm", name.replace('-', "_")))
-        };
-        Guests {
-            sample: build("static-discovery"),
-            hostile: build("hostile"),
-        }
-    })
-}
-
-/// Puts an extension folder `<dir>/<id>/` together: descriptor, component, configuration.
-fn install(dir: &Path, id: &str, wasm: &Path, config: &str, start_priority: i32) -> PathBuf {
-    let folder = dir.join(id);
-    std::fs::create_dir_all(folder.join("conf")).unwrap();
-    std::fs::write(
-        folder.join("hivemq-extension.xml"),
-        format!(
-            "<hivemq-extension><id>{id}</id><name>{id} name</name><version>1.2.3</version>\
-             <start-priority>{start_priority}</start-priority></hivemq-extension>"
-        ),
-    )
-    .unwrap();
-    std::fs::copy(wasm, folder.join(format!("{id}.wasm"))).unwrap();
-    std::fs::write(folder.join("conf/config.properties"), config).unwrap();
-    folder
+fn guests() -> Guests {
+    Guests {
+        sample: guests::build("static-discovery"),
+        hostile: guests::build("hostile"),
+    }
 }
 
 // ----- log capture --------------------------------------------------------------------------
@@ -143,12 +108,12 @@ fn sink() -> (Seen, apiary::extension::discovery::Sink) {
 }
 
 fn hostile_instance(mode: &str, limits: Limits) -> apiary::extension::sandbox::Instance {
-    let sandbox = Sandbox::new().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
     let plugin = sandbox
         .load("hostile", &std::fs::read(&guests().hostile).unwrap())
         .unwrap();
     let config = vec![("mode".to_owned(), mode.to_owned())];
-    plugin.instantiate(limits, config).unwrap()
+    plugin.instantiate(limits, config, Default::default()).unwrap()
 }
 
 // ----- the sample ---------------------------------------------------------------------------
@@ -166,7 +131,7 @@ async fn sample_provides_the_node_list_from_its_config() {
         "nodes=10.0.0.1:7800, [::1]:7801,node-3.example:7802\nreload-interval=1\n",
         1000,
     );
-    let ext = Extensions::start(dir.path(), Policy::default()).await.unwrap();
+    let ext = Extensions::start(dir.path(), Policy::default(), None).await.unwrap();
     assert_eq!(ext.started().len(), 1);
     assert!(logged(
         "Extension \"static-discovery name\" version 1.2.3 started successfully."
@@ -215,7 +180,7 @@ async fn disabled_extensions_are_not_loaded_and_start_order_is_by_start_priority
     install(dir.path(), "high", &g.sample, "nodes=10.0.0.1:1", 5000);
     let off = install(dir.path(), "off", &g.sample, "nodes=10.0.0.1:1", 9999);
     std::fs::write(off.join("DISABLED"), "").unwrap();
-    let ext = Extensions::start(dir.path(), Policy::default()).await.unwrap();
+    let ext = Extensions::start(dir.path(), Policy::default(), None).await.unwrap();
     let ids: Vec<String> = ext.started().into_iter().map(|d| d.id).collect();
     assert_eq!(ids, ["high", "low"]);
     ext.stop().await;
@@ -229,7 +194,7 @@ async fn disabled_file_at_runtime_stops_and_starts_extensions() {
     logs();
     let dir = tempfile::tempdir().unwrap();
     let hot = install(dir.path(), "hot", &guests().sample, "nodes=10.3.3.3:7800", 1000);
-    let ext = Extensions::start(dir.path(), Policy::default()).await.unwrap();
+    let ext = Extensions::start(dir.path(), Policy::default(), None).await.unwrap();
     let (_, sink) = sink();
     ext.start_discovery(input(60), sink);
     wait_until("the first list", || ext.discovered() == ["10.3.3.3:7800"]).await;
@@ -263,7 +228,7 @@ async fn a_broken_component_is_refused_and_the_rest_start() {
     let broken = install(dir.path(), "broken-wasm", &guests().sample, "", 1000);
     std::fs::write(broken.join("broken-wasm.wasm"), b"\0asm garbage").unwrap();
     install(dir.path(), "fine", &guests().sample, "nodes=10.0.0.1:1", 1000);
-    let ext = Extensions::start(dir.path(), Policy::default()).await.unwrap();
+    let ext = Extensions::start(dir.path(), Policy::default(), None).await.unwrap();
     assert_eq!(ext.started().len(), 1);
     assert!(logged("Extension with id \"broken-wasm\" cannot be started"));
     ext.stop().await;
@@ -330,7 +295,7 @@ async fn garbage_addresses_are_ignored() {
         "mode=garbage\nnodes=10.1.1.1:7800,10.1.1.2:7800",
         1000,
     );
-    let ext = Extensions::start(dir.path(), policy(Duration::from_secs(5), 3))
+    let ext = Extensions::start(dir.path(), policy(Duration::from_secs(5), 3), None)
         .await
         .unwrap();
     let (seen, sink) = sink();
@@ -354,7 +319,7 @@ async fn a_repeatedly_failing_extension_is_disabled() {
         "mode=panic\nwhen=reload\nnodes=10.2.2.2:7800",
         1000,
     );
-    let ext = Extensions::start(dir.path(), policy(Duration::from_secs(5), 3))
+    let ext = Extensions::start(dir.path(), policy(Duration::from_secs(5), 3), None)
         .await
         .unwrap();
     let (_, sink) = sink();
@@ -390,7 +355,7 @@ async fn a_call_blocked_in_the_host_is_given_up_on() {
         "mode=sleep\nwhen=reload",
         1000,
     );
-    let ext = Extensions::start(dir.path(), policy(Duration::from_millis(200), 2))
+    let ext = Extensions::start(dir.path(), policy(Duration::from_millis(200), 2), None)
         .await
         .unwrap();
     let (_, sink) = sink();
@@ -434,6 +399,7 @@ async fn start_node(dir: &Path, config: Config, policy: Policy) -> server::Runni
         config,
         data_dir: dir.join("data"),
         extensions_dir: dir.join("extensions"),
+        extension_cache_dir: None,
         extension_policy: policy,
     })
     .await
@@ -532,4 +498,179 @@ async fn mqtt_traffic_flows_while_an_extension_loops() {
     assert!(round_trips > 20, "{round_trips} round trips");
     eprintln!("{round_trips} round trips while the extension looped, slowest {slowest:?}");
     node.stop().await;
+}
+
+// ----- network grants, environment, output, interface versions, compiled-code cache ---------
+
+/// An instance of the net-probe test plugin with `config` and the grants in `sandbox`.
+fn probe(config: &[(&str, &str)], sandbox: &str) -> apiary::extension::sandbox::Instance {
+    let plugin = Sandbox::new(None)
+        .unwrap()
+        .load(
+            "net-probe",
+            &std::fs::read(guests::build_at("tests/plugins/net-probe")).unwrap(),
+        )
+        .unwrap();
+    let config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let grants = apiary::extension::grants::Grants::parse(sandbox).unwrap();
+    plugin
+        .instantiate(policy(Duration::from_secs(10), 1).limits, config, grants)
+        .unwrap()
+}
+
+/// The probe's answer: its node list as `host:port`, or its error.
+fn probe_answer(instance: &mut apiary::extension::sandbox::Instance) -> Result<Vec<String>, String> {
+    let output = instance.discover(Call::Reload, &wit_input()).expect("no trap")?;
+    Ok(output
+        .nodes
+        .unwrap_or_default()
+        .iter()
+        .map(|n| format!("{}:{}", n.host, n.port))
+        .collect())
+}
+
+/// A one-request-at-a-time HTTP server on loopback that answers every request with `body`.
+fn http_server(body: &'static str) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// HTTP reaches only the hosts and ports in `http.allow`; the refusal is the plugin's error,
+/// with the host's reason, and no connection is made.
+#[test]
+fn http_reaches_only_the_hosts_the_operator_allows() {
+    let server = http_server("10.9.9.1:7800\n10.9.9.2:7800\n");
+    let url = format!("http://127.0.0.1:{}/nodes", server.port());
+    let config = [("url", url.as_str())];
+
+    let allowed = format!("http.allow=127.0.0.1:{}", server.port());
+    assert_eq!(
+        probe_answer(&mut probe(&config, &allowed)).unwrap(),
+        ["10.9.9.1:7800", "10.9.9.2:7800"]
+    );
+    for sandbox in ["", "http.allow=127.0.0.1:1", "http.allow=*.example.org", "dns.allow=*"] {
+        let e = probe_answer(&mut probe(&config, sandbox)).unwrap_err();
+        assert!(
+            e.contains("not allowed") && e.contains("http.allow"),
+            "{sandbox:?}: {e}"
+        );
+    }
+    let e = probe_answer(&mut probe(&[("url", "ftp://127.0.0.1/nodes")], "http.allow=*")).unwrap_err();
+    assert!(e.contains("only http:// and https://"), "{e}");
+}
+
+/// DNS lookups only for the names in `dns.allow`.
+#[test]
+fn dns_resolves_only_the_names_the_operator_allows() {
+    let config = [("name", "localhost")];
+    let nodes = probe_answer(&mut probe(&config, "dns.allow=localhost")).unwrap();
+    assert!(nodes.contains(&"127.0.0.1:7800".to_owned()), "{nodes:?}");
+    for sandbox in ["", "dns.allow=*.example.org", "http.allow=*"] {
+        let e = probe_answer(&mut probe(&config, sandbox)).unwrap_err();
+        assert!(e.contains("not allowed") && e.contains("dns.allow"), "{sandbox:?}: {e}");
+    }
+}
+
+/// The plugin sees the broker's environment variables that `env.allow` names, and no others.
+#[test]
+fn a_plugin_sees_only_the_granted_environment_variables() {
+    // PATH: a variable every test process has (setting one would take `unsafe`).
+    let path = std::env::var("PATH").unwrap();
+    let config = [("env", "PATH")];
+    assert_eq!(
+        probe_answer(&mut probe(&config, "env.allow=PATH")).unwrap(),
+        [format!("{path}:7800")]
+    );
+    let e = probe_answer(&mut probe(&config, "env.allow=OTHER")).unwrap_err();
+    assert!(e.contains("not visible"), "{e}");
+}
+
+/// What a plugin prints reaches the broker's log, with its id, within the per-call budget.
+#[test]
+fn stdout_and_stderr_go_to_the_log() {
+    logs();
+    let mut instance = probe(&[("print", "3")], "");
+    probe_answer(&mut instance).unwrap();
+    assert!(logged("stdout: probe line 2"));
+    assert!(logged("stderr: probe done"));
+    let mut flood = probe(&[("print", "1000")], "");
+    probe_answer(&mut flood).unwrap();
+    assert!(!logged("stdout: probe line 999"), "the budget caps a call's lines");
+    assert!(logged("more log lines of this call were dropped"));
+}
+
+/// A plugin built against the 1.0 interface (before `http` and `dns` were added in 1.1) loads
+/// and works in this broker: wasmtime links semver-compatible names.
+#[test]
+fn a_plugin_built_against_interface_1_0_still_loads() {
+    let wasm = std::fs::read(guests::build_at("tests/plugins/v1-0-discovery")).unwrap();
+    let plugin = Sandbox::new(None).unwrap().load("v1-0", &wasm).unwrap();
+    let limits = policy(Duration::from_secs(10), 1).limits;
+    let mut instance = plugin.instantiate(limits, Vec::new(), Default::default()).unwrap();
+    let output = instance.discover(Call::Init, &wit_input()).unwrap().unwrap();
+    let nodes = output.nodes.unwrap();
+    assert_eq!((nodes[0].host.as_str(), nodes[0].port), ("10.1.0.1", 7800));
+}
+
+/// The second engine (a restart) takes the compiled code from the cache; a corrupt cache entry
+/// is compiled again, not an error.
+#[test]
+fn compiled_code_is_cached_and_a_corrupt_entry_is_recompiled() {
+    let cache = tempfile::tempdir().unwrap();
+    let wasm = std::fs::read(&guests().sample).unwrap();
+    let load = || {
+        let sandbox = Sandbox::new(Some(cache.path())).unwrap();
+        let started = Instant::now();
+        sandbox.load("static-discovery", &wasm).unwrap();
+        (sandbox.cache_hits(), started.elapsed())
+    };
+    let (hits, first) = load();
+    assert_eq!(hits, 0);
+    let (hits, cached) = load();
+    assert_eq!(hits, 1, "the second load is a cache hit");
+    eprintln!("compile: first load {first:?}, cached load {cached:?}");
+
+    let mut entries = 0;
+    for entry in walk(cache.path()) {
+        std::fs::write(&entry, b"garbage").unwrap();
+        entries += 1;
+    }
+    assert!(entries > 0, "the cache holds files");
+    let (hits, _) = load();
+    assert_eq!(hits, 0, "a corrupt entry is no hit, and is compiled again");
+    let (hits, _) = load();
+    assert_eq!(hits, 1, "and cached again");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -322,6 +322,7 @@ async fn start_error(listener: Listener) -> String {
         config,
         data_dir: dir.path().join("data"),
         extensions_dir: dir.path().join("extensions"),
+        extension_cache_dir: None,
         extension_policy: Default::default(),
     })
     .await;

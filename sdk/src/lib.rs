@@ -35,7 +35,18 @@
 //! The broker keeps one instance from `init` to `destroy`, so `self` keeps state between calls.
 //! A panic traps the instance: the broker keeps the previous node list and starts a fresh
 //! instance (a new `Default` value, then `init`). The sandbox grants no files, network or
-//! environment: configuration comes from [`config`], output goes through [`log`].
+//! environment: configuration comes from [`config`], output goes through [`log`]. Network access
+//! goes through [`http`] and [`dns`], to the hosts and names the operator lists in the
+//! extension's `conf/sandbox.properties`:
+//!
+//! ```properties
+//! # hosts (host or host:port; *.suffix; *) this extension may send HTTP(S) requests to
+//! http.allow=s3.eu-central-1.amazonaws.com:443, 10.0.0.5:9000
+//! # names (exact, *.suffix, or *) this extension may look up
+//! dns.allow=tasks.hivemq
+//! # optional: the DNS server to ask (ip or ip:port), instead of the system's resolv.conf
+//! dns.server=10.0.0.2:53
+//! ```
 
 #[doc(hidden)]
 pub mod bindings {
@@ -109,6 +120,68 @@ pub mod log {
 /// The extension's `conf/config.properties` (re-read by the broker before every call).
 pub mod config {
     pub use crate::bindings::apiary::extension::config::{entries, get};
+}
+
+/// HTTP(S) requests to the hosts the operator allows (`http.allow` in the extension's
+/// `conf/sandbox.properties`). Interface version 1.1: a broker older than 1.1 refuses a plugin
+/// that uses it, with an error naming the missing import.
+pub mod http {
+    pub use crate::bindings::apiary::extension::http::{Request, Response, send};
+
+    impl Request {
+        /// A request with no headers and no body.
+        pub fn new(method: &str, url: &str) -> Request {
+            Request {
+                method: method.into(),
+                url: url.into(),
+                headers: Vec::new(),
+                body: Vec::new(),
+            }
+        }
+
+        /// Adds a header.
+        pub fn header(mut self, name: &str, value: &str) -> Request {
+            self.headers.push((name.into(), value.into()));
+            self
+        }
+
+        /// Sets the body.
+        pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
+            self.body = body.into();
+            self
+        }
+
+        /// Sends it (see [`send`]).
+        pub fn send(self) -> Result<Response, String> {
+            send(&self)
+        }
+    }
+
+    impl Response {
+        /// The first header called `name` (case-insensitive).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        /// Whether the status is 2xx.
+        pub fn is_success(&self) -> bool {
+            (200..300).contains(&self.status)
+        }
+    }
+
+    /// `GET url`.
+    pub fn get(url: &str) -> Result<Response, String> {
+        Request::new("GET", url).send()
+    }
+}
+
+/// DNS lookups of the names the operator allows (`dns.allow` in the extension's
+/// `conf/sandbox.properties`). Interface version 1.1.
+pub mod dns {
+    pub use crate::bindings::apiary::extension::dns::resolve;
 }
 
 /// Exports a [`Discovery`] implementation as the component's `cluster-discovery` interface.

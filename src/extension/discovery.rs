@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+use super::grants::Grants;
 use super::properties;
 use super::sandbox::{Call, CallError, DiscoveryInput, DiscoveryOutput, Instance, Limits, NodeAddress, Plugin};
 
@@ -162,8 +163,8 @@ pub(super) async fn drive(job: Job, first: Option<Instance>, mut stop: watch::Re
                 if stopped_within(&mut stop, wait).await {
                     return Ended::Stopped;
                 }
-                let (plugin, config) = (plugin.clone(), read_config(&id, &folder));
-                let starting = off_runtime(timeout, move || plugin.instantiate(policy.limits, config));
+                let (plugin, config, grants) = (plugin.clone(), read_config(&id, &folder), read_grants(&id, &folder));
+                let starting = off_runtime(timeout, move || plugin.instantiate(policy.limits, config, grants));
                 let Some(started) = unless_stopped(&mut stop, starting).await else {
                     return Ended::Stopped;
                 };
@@ -181,7 +182,7 @@ pub(super) async fn drive(job: Job, first: Option<Instance>, mut stop: watch::Re
                 }
             }
         };
-        current.set_config(read_config(&id, &folder));
+        current.set_config(read_config(&id, &folder), read_grants(&id, &folder));
         let call = next;
         let wit_input = input.wit(interval);
         let calling = off_runtime(timeout, move || {
@@ -271,6 +272,15 @@ fn read_config(id: &str, folder: &std::path::Path) -> properties::Properties {
     properties::read(folder).unwrap_or_else(|e| {
         tracing::warn!(extension = %id, "cannot read {}: {e}", properties::RELATIVE_PATH);
         Vec::new()
+    })
+}
+
+/// The grants as the file says now; a file that does not parse grants nothing (logged), so a
+/// broken edit never widens what the extension may reach.
+fn read_grants(id: &str, folder: &std::path::Path) -> Grants {
+    Grants::read(folder).unwrap_or_else(|e| {
+        tracing::warn!(extension = %id, "{e:#}; the extension gets no network access until it is mended");
+        Grants::default()
     })
 }
 

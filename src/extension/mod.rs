@@ -15,6 +15,9 @@
 pub mod descriptor;
 pub mod discovery;
 pub mod folder;
+pub mod grants;
+pub mod net;
+pub mod output;
 pub mod properties;
 pub mod sandbox;
 
@@ -43,6 +46,8 @@ pub struct Extensions {
 struct Inner {
     dir: PathBuf,
     policy: Policy,
+    /// Where compiled code is cached (none: compile on every start).
+    cache_dir: Option<PathBuf>,
     /// Created with the first extension.
     sandbox: Mutex<Option<Sandbox>>,
     /// In start order.
@@ -65,10 +70,12 @@ struct Started {
 impl Extensions {
     /// Loads and starts every extension in `dir`, then watches it. Only a sandbox that cannot
     /// be set up at all is an error; a broken extension is logged and left out.
-    pub async fn start(dir: &Path, policy: Policy) -> anyhow::Result<Extensions> {
+    /// Compiled code is cached in `cache_dir`.
+    pub async fn start(dir: &Path, policy: Policy, cache_dir: Option<PathBuf>) -> anyhow::Result<Extensions> {
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             policy,
+            cache_dir,
             sandbox: Mutex::new(None),
             started: Mutex::new(Vec::new()),
             discovery: Mutex::new(None),
@@ -76,7 +83,7 @@ impl Extensions {
         });
         if !folder::folders(dir).is_empty() {
             tracing::info!("Starting HiveMQ extension system.");
-            *lock(&inner.sandbox) = Some(Sandbox::new()?);
+            *lock(&inner.sandbox) = Some(Sandbox::new(inner.cache_dir.as_deref())?);
         }
         inner.rescan().await;
         let watched = inner.clone();
@@ -195,7 +202,7 @@ impl Inner {
         let sandbox = {
             let mut sandbox = lock(&self.sandbox);
             if sandbox.is_none() {
-                match Sandbox::new() {
+                match Sandbox::new(self.cache_dir.as_deref()) {
                     Ok(s) => *sandbox = Some(s),
                     Err(e) => return refused(format!("{e:#}")),
                 }
@@ -217,12 +224,17 @@ impl Inner {
             tracing::warn!(extension = %d.id, "cannot read {}: {e}", properties::RELATIVE_PATH);
             Vec::new()
         });
-        let (p, limits) = (plugin.clone(), self.policy.limits);
-        let instance = match discovery::off_runtime(limits.call_timeout, move || p.instantiate(limits, config)).await {
-            Some(Ok(i)) => i,
-            Some(Err(e)) => return refused(e.to_string()),
-            None => return refused(sandbox::CallError::Timeout(limits.call_timeout).to_string()),
+        let grants = match grants::Grants::read(&found.folder) {
+            Ok(g) => g,
+            Err(e) => return refused(format!("{e:#}")),
         };
+        let (p, limits) = (plugin.clone(), self.policy.limits);
+        let instance =
+            match discovery::off_runtime(limits.call_timeout, move || p.instantiate(limits, config, grants)).await {
+                Some(Ok(i)) => i,
+                Some(Err(e)) => return refused(e.to_string()),
+                None => return refused(sandbox::CallError::Timeout(limits.call_timeout).to_string()),
+            };
         tracing::info!("Extension \"{}\" version {} started successfully.", d.name, d.version);
         let mut started = Started {
             found,

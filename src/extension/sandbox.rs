@@ -3,20 +3,29 @@
 //! Limits: linear memory per instance ([`Limits::memory_bytes`]), and a deadline per call by
 //! epoch interruption — a ticker thread advances the engine's epoch every [`EPOCH_TICK`], and a
 //! call that runs past its deadline traps. WASI is linked because every language's standard
-//! library imports some of it, but with nothing granted: no preopened folders, no network, no
-//! environment, stdin closed, stdout/stderr discarded.
+//! library imports some of it, but with nothing granted: no preopened folders, no sockets, only
+//! the environment variables the operator grants, stdin closed; stdout and stderr go to the
+//! broker's log. Network access is the host's `http` and `dns` interfaces, checked against the
+//! extension's grants ([`super::grants`]).
+//!
+//! Compiled code is cached on disk (wasmtime's cache, keyed by the component's hash, the engine's
+//! version and settings), so a restart does not recompile; a corrupt entry is recompiled.
 //!
 //! Calls here are synchronous and may take up to the deadline: run them off the async runtime
 //! (see `discovery`), never on a task that serves clients.
 
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::grants::Grants;
+use super::net;
+use super::output::{Budget, LogOutput, Stream};
 use super::properties::{self, Properties};
 
 mod bindings {
@@ -26,6 +35,7 @@ mod bindings {
     });
 }
 
+pub use bindings::apiary::extension::http::{Request as HttpRequest, Response as HttpResponse};
 pub use bindings::apiary::extension::log::Level;
 pub use bindings::apiary::extension::types::{DiscoveryInput, DiscoveryOutput, NodeAddress};
 
@@ -85,14 +95,28 @@ impl CallError {
 pub struct Sandbox {
     engine: Engine,
     linker: Arc<Linker<State>>,
+    /// The compiled-code cache, to count hits.
+    cache: Option<wasmtime::Cache>,
 }
 
 impl Sandbox {
     /// Creates the engine and starts its epoch ticker (which ends with the last clone).
-    pub fn new() -> anyhow::Result<Sandbox> {
+    /// Compiled code is cached in `cache_dir`, when given.
+    pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<Sandbox> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        let cache = if let Some(dir) = cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            let cache = wasmtime::Cache::new(cache)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("compiled-code cache in {}", dir.display()))?;
+            config.cache(Some(cache.clone()));
+            Some(cache)
+        } else {
+            None
+        };
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -111,13 +135,26 @@ impl Sandbox {
         Ok(Sandbox {
             engine,
             linker: Arc::new(linker),
+            cache,
         })
     }
 
     /// Compiles a component and checks that it is a discovery extension this broker can run
     /// (its imports are all provided, its exports match). Slow: seconds for large components.
     pub fn load(&self, id: &str, wasm: &[u8]) -> anyhow::Result<Plugin> {
+        let (started, hits) = (Instant::now(), self.cache_hits());
         let component = with_context(Component::new(&self.engine, wasm), "not a valid WebAssembly component")?;
+        let how = if self.cache_hits() > hits {
+            "loaded from the compiled-code cache"
+        } else {
+            "compiled"
+        };
+        tracing::info!(
+            extension = id,
+            "{} KiB component {how} in {} ms",
+            wasm.len() / 1024,
+            started.elapsed().as_millis()
+        );
         let pre = with_context(
             self.linker.instantiate_pre(&component),
             "the component needs imports this broker does not provide",
@@ -134,6 +171,13 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// How many components came from the compiled-code cache so far.
+    pub fn cache_hits(&self) -> usize {
+        self.cache.as_ref().map_or(0, wasmtime::Cache::cache_hits)
+    }
+}
+
 /// A compiled, type-checked extension, ready to be instantiated (cheap) any number of times.
 #[derive(Clone)]
 pub struct Plugin {
@@ -143,12 +187,23 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    /// A fresh instance in its own store.
-    pub fn instantiate(&self, limits: Limits, config: Properties) -> Result<Instance, CallError> {
-        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).build();
+    /// A fresh instance in its own store, with the operator's `grants`.
+    pub fn instantiate(&self, limits: Limits, config: Properties, grants: Grants) -> Result<Instance, CallError> {
+        let budget = Arc::new(Budget::default());
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .stdout(LogOutput::new(self.id.clone(), Stream::Stdout, budget.clone()))
+            .stderr(LogOutput::new(self.id.clone(), Stream::Stderr, budget.clone()));
+        for name in &grants.env {
+            if let Ok(value) = std::env::var(name) {
+                wasi.env(name, value);
+            }
+        }
         let state = State {
             id: self.id.clone(),
-            wasi,
+            wasi: wasi.build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
@@ -157,8 +212,9 @@ impl Plugin {
                 .memories(4)
                 .build(),
             config,
-            log_budget: LOG_LINES_PER_CALL,
-            logs_dropped: 0,
+            grants,
+            call_deadline: Instant::now() + limits.call_timeout,
+            budget,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -201,9 +257,11 @@ pub enum Call {
 }
 
 impl Instance {
-    /// Replaces the configuration the extension reads from now on.
-    pub fn set_config(&mut self, config: Properties) {
-        self.store.data_mut().config = config;
+    /// Replaces the configuration the extension reads, and the grants it has, from now on.
+    pub fn set_config(&mut self, config: Properties, grants: Grants) {
+        let state = self.store.data_mut();
+        state.config = config;
+        state.grants = grants;
     }
 
     /// `init` or `reload`. The inner `Err` is the extension's own error message (the instance
@@ -236,14 +294,15 @@ impl Instance {
     fn before_call(&mut self) {
         self.store.set_epoch_deadline(deadline_ticks(self.timeout));
         let state = self.store.data_mut();
-        state.log_budget = LOG_LINES_PER_CALL;
-        state.logs_dropped = 0;
+        state.call_deadline = Instant::now() + self.timeout;
+        state.budget.reset(LOG_LINES_PER_CALL);
     }
 
     fn after_call(&mut self) {
         let state = self.store.data();
-        if state.logs_dropped > 0 {
-            tracing::warn!(extension = %state.id, "{} more log lines of this call were dropped", state.logs_dropped);
+        let dropped = state.budget.dropped();
+        if dropped > 0 {
+            tracing::warn!(extension = %state.id, "{dropped} more log lines of this call were dropped");
         }
     }
 }
@@ -255,8 +314,11 @@ pub struct State {
     table: ResourceTable,
     limits: StoreLimits,
     config: Properties,
-    log_budget: u32,
-    logs_dropped: u32,
+    grants: Grants,
+    /// When the current call's time is up: host network calls end by then.
+    call_deadline: Instant,
+    /// Log lines left in this call, for `log` and stdout/stderr alike.
+    budget: Arc<Budget>,
 }
 
 impl WasiView for State {
@@ -272,11 +334,9 @@ impl bindings::apiary::extension::types::Host for State {}
 
 impl bindings::apiary::extension::log::Host for State {
     fn log(&mut self, level: Level, mut message: String) {
-        if self.log_budget == 0 {
-            self.logs_dropped = self.logs_dropped.saturating_add(1);
+        if !self.budget.take() {
             return;
         }
-        self.log_budget -= 1;
         if message.len() > MAX_LOG_MESSAGE {
             let mut cut = MAX_LOG_MESSAGE;
             while !message.is_char_boundary(cut) {
@@ -303,5 +363,48 @@ impl bindings::apiary::extension::config::Host for State {
 
     fn entries(&mut self) -> Vec<(String, String)> {
         self.config.clone()
+    }
+}
+
+impl State {
+    /// What is left of the current call's time, if anything.
+    fn time_left(&self) -> Option<Duration> {
+        Some(self.call_deadline.checked_duration_since(Instant::now())?).filter(|d| !d.is_zero())
+    }
+}
+
+impl bindings::apiary::extension::http::Host for State {
+    fn send(&mut self, request: HttpRequest) -> Result<HttpResponse, String> {
+        let request = net::Request {
+            method: request.method,
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+        };
+        let outcome = match self.time_left() {
+            Some(left) => net::http_send(&self.grants, request, left),
+            None => Err("the call's deadline has passed".into()),
+        };
+        if let Err(e) = &outcome {
+            tracing::debug!(extension = %self.id, "http: {e}");
+        }
+        outcome.map(|r| HttpResponse {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        })
+    }
+}
+
+impl bindings::apiary::extension::dns::Host for State {
+    fn resolve(&mut self, name: String) -> Result<Vec<String>, String> {
+        let outcome = match self.time_left() {
+            Some(left) => net::dns_resolve(&self.grants, &name, left),
+            None => Err("the call's deadline has passed".into()),
+        };
+        if let Err(e) = &outcome {
+            tracing::debug!(extension = %self.id, "dns: {e}");
+        }
+        outcome
     }
 }

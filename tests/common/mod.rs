@@ -52,6 +52,7 @@ impl TestBroker {
             config: config.clone(),
             data_dir: dir.path().join("data"),
             extensions_dir: dir.path().join("extensions"),
+            extension_cache_dir: None,
             extension_policy: Default::default(),
         })
         .await

@@ -97,6 +97,12 @@ impl Net {
         net
     }
 
+    /// The address of the bridge itself, reachable from every host: where a test runs the
+    /// servers its nodes use (a registry, a DNS server).
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.subnet, 254)
+    }
+
     /// Cuts host `i` off the network (no FIN, no RST: packets just stop), or repairs it.
     pub fn set_link(&self, i: usize, up: bool) {
         ip(&["link", "set", &self.hosts[i].link, if up { "up" } else { "down" }]);
@@ -123,11 +129,25 @@ pub struct Node {
     pub data_dir: PathBuf,
     config: PathBuf,
     ns: String,
+    /// Extra environment of the process (for example `APIARY_EXTENSIONS_DIR`).
+    env: Vec<(String, String)>,
 }
 
 impl Node {
     /// Starts a node in `ns` with `config_xml`, data in `dir`; does not wait for it.
     pub fn spawn(name: &str, ns: &str, ip: Ipv4Addr, dir: &std::path::Path, config_xml: &str) -> Node {
+        Node::spawn_with_env(name, ns, ip, dir, config_xml, &[])
+    }
+
+    /// [`Node::spawn`] with extra environment variables for the process.
+    pub fn spawn_with_env(
+        name: &str,
+        ns: &str,
+        ip: Ipv4Addr,
+        dir: &std::path::Path,
+        config_xml: &str,
+        env: &[(&str, &str)],
+    ) -> Node {
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("config.xml");
         std::fs::write(&config, config_xml).unwrap();
@@ -140,6 +160,7 @@ impl Node {
             data_dir,
             config,
             ns: ns.into(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         node.start();
         node
@@ -157,6 +178,7 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .env("APIARY_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
