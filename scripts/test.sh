@@ -20,6 +20,12 @@ fi
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
+# The S3-API server of the aws-discovery tests: s3s-fs checks every request's SigV4 signature.
+# 0.14.1 is the newest that builds with this machine's rustc (1.95).
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "installing s3s-fs (the S3 server the aws-discovery tests run)"
+  cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+fi
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
   python3 -m pip install -q -r interop/requirements.txt
 fi
@@ -28,5 +34,9 @@ fi
 # One build: `cargo test` also builds target/debug/apiary (the tests run it), and a separate
 # `cargo build` would compile wasmtime a second time with other dependency features.
 mkdir -p target
+# The sample extensions' own unit tests (each is a workspace of its own, built natively here).
+for plugin in aws-discovery docker-discovery; do
+  CARGO_TARGET_DIR=target/wasm-guests cargo test --quiet --manifest-path "extensions/$plugin/Cargo.toml"
+done
 cargo test --all-targets 2>&1 | tee target/cargo-test.log
 APIARY_BIN=target/debug/apiary bash interop/run.sh

@@ -257,6 +257,18 @@ impl Node {
         }
     }
 
+    /// SIGTERM (a clean shutdown: the node hands over and leaves), then waits until the process
+    /// has exited; panics if it has not within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) {
+        let Some(mut c) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + timeout;
+        while c.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "{}: did not exit on SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
