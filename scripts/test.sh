@@ -26,6 +26,10 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "installing s3s-fs (the S3 server the aws-discovery tests run)"
   cargo install --quiet --locked s3s-fs@0.14.1 --features binary
 fi
+# The Python extension's build tool (tests/discovery_python.rs runs extensions/http-discovery-py/build.sh).
+if [ "$(componentize-py --version 2>/dev/null)" != "componentize-py 0.25.1" ]; then
+  python3 -m pip install -q -r extensions/http-discovery-py/requirements.txt
+fi
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
   python3 -m pip install -q -r interop/requirements.txt
 fi

@@ -661,6 +661,18 @@ fn compiled_code_is_cached_and_a_corrupt_entry_is_recompiled() {
     assert_eq!(hits, 1, "and cached again");
 }
 
+/// `--data-dir data` is relative, and so is the cache folder under it; wasmtime wants an
+/// absolute one.
+#[test]
+fn a_relative_cache_folder_works() {
+    let relative = Path::new("target/test-relative-extension-cache");
+    let sandbox = Sandbox::new(Some(relative)).unwrap();
+    sandbox
+        .load("static-discovery", &std::fs::read(&guests().sample).unwrap())
+        .unwrap();
+    let _ = std::fs::remove_dir_all(relative);
+}
+
 /// Every file under `dir`.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

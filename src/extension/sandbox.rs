@@ -107,6 +107,8 @@ impl Sandbox {
         config.epoch_interruption(true);
         config.wasm_component_model(true);
         let cache = if let Some(dir) = cache_dir {
+            // wasmtime takes absolute cache paths only; `--data-dir data` is relative.
+            let dir = &std::path::absolute(dir).with_context(|| format!("cache folder {}", dir.display()))?;
             let mut cache = wasmtime::CacheConfig::new();
             cache.with_directory(dir);
             let cache = wasmtime::Cache::new(cache)
