@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use apiary::mqtt::{Packet, Properties, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
 use bytes::Bytes;
-use common::{RawClient, connect_packet, publish_packet};
+use common::{RawClient, V5Client, connect_packet, publish_packet};
 use hosts::{Net, Node, cluster_config};
 
 const START: Duration = Duration::from_secs(30);
@@ -364,5 +364,130 @@ async fn shared_messages_of_a_dead_members_node_go_to_another_member() {
                 .await;
             at_acking.insert(String::from_utf8_lossy(&p.payload).to_string());
         }
+    }
+}
+
+/// Sets (or, with an empty payload, deletes) a retained message through a rumqttc client and
+/// waits for the PUBACK.
+async fn retain(addr: std::net::SocketAddr, id: &str, topic: &str, payload: &str) {
+    use rumqttc::v5::mqttbytes::{QoS as Q5, v5::Packet as P5};
+    let (mut c, _) = V5Client::connect(addr, id, |_| {}).await;
+    c.client
+        .publish(topic, Q5::AtLeastOnce, true, payload.to_owned())
+        .await
+        .unwrap();
+    c.wait_for("PUBACK", |p| matches!(p, P5::PubAck(_))).await;
+    let _ = c.client.disconnect().await;
+}
+
+/// The retained messages under `filter` a new rumqttc subscriber gets: (topic, payload).
+async fn retained_at(addr: std::net::SocketAddr, id: &str, filter: &str) -> Vec<(String, String)> {
+    use rumqttc::v5::Event;
+    use rumqttc::v5::mqttbytes::{QoS as Q5, v5::Packet as P5};
+    let (mut c, _) = V5Client::connect(addr, id, |_| {}).await;
+    c.client.subscribe(filter, Q5::AtLeastOnce).await.unwrap();
+    c.wait_for("SUBACK", |p| matches!(p, P5::SubAck(_))).await;
+    // They follow the SUBACK at once; quiet for a while means there are no more.
+    let mut got = Vec::new();
+    while let Some(event) = c.next_event_within(Duration::from_millis(300)).await {
+        if let Ok(Event::Incoming(P5::Publish(p))) = event {
+            assert!(p.retain, "retained messages carry RETAIN on subscribe");
+            let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+            got.push((text(&p.topic), text(&p.payload)));
+        }
+    }
+    let _ = c.client.disconnect().await;
+    got.sort();
+    got
+}
+
+/// Retained messages converge after a partition, deletions included: the newest version of
+/// every topic wins by the hybrid logical clock. Node 3 is cut off from the other nodes (not
+/// from the clients: `Net::split`); alone, it sets C and sets A again; afterwards the majority deletes A and sets B. After the heal every node has B and
+/// C, and no A: the deletion is newer than node 3's write, and its tombstone keeps node 3's
+/// copy from coming back in the merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_converge_after_a_partition() {
+    if skip() {
+        return;
+    }
+    let began = Instant::now();
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<Node> = (0..3).map(|i| start(&net, dir.path(), i, true)).collect();
+    for n in &nodes {
+        n.wait_log("Started Apiary in", START);
+        n.wait_size(3, START);
+    }
+    retain(nodes[0].mqtt, "before", "part/a", "set before the partition").await;
+    assert_eq!(
+        retained_at(nodes[2].mqtt, "check-before", "part/#").await,
+        vec![("part/a".to_string(), "set before the partition".to_string())]
+    );
+
+    net.split(2, true);
+    nodes[0].wait_size(2, START);
+    nodes[1].wait_size(2, START);
+    nodes[2].wait_size(1, START);
+    // Node 3 alone (its writes are acknowledged by itself).
+    retain(nodes[2].mqtt, "alone-c", "part/c", "from node 3").await;
+    retain(nodes[2].mqtt, "alone-a", "part/a", "again on node 3").await;
+    // Then the majority: its delete is made at a later wall-clock millisecond (the nodes share
+    // this machine's clock), so it is the newer version of A.
+    let after = apiary::broker::message::now_ms() + 1;
+    while apiary::broker::message::now_ms() <= after {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    retain(nodes[0].mqtt, "majority-a", "part/a", "").await;
+    retain(nodes[1].mqtt, "majority-b", "part/b", "from the majority").await;
+
+    let healed = Instant::now();
+    net.split(2, false);
+    for n in &nodes {
+        n.wait_size(3, START);
+    }
+    let expected = vec![
+        ("part/b".to_string(), "from the majority".to_string()),
+        ("part/c".to_string(), "from node 3".to_string()),
+    ];
+    let deadline = Instant::now() + START;
+    for (i, n) in nodes.iter().enumerate() {
+        let mut round = 0;
+        loop {
+            round += 1;
+            let got = retained_at(n.mqtt, &format!("check-{i}-{round}"), "part/#").await;
+            if got == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: retained {got:?}, expected {expected:?}",
+                i + 1
+            );
+        }
+    }
+    eprintln!(
+        "retained messages converged {} ms after the heal ({} ms in all)",
+        healed.elapsed().as_millis(),
+        began.elapsed().as_millis()
+    );
+    for n in &nodes {
+        n.wait_log("Starting cluster merge process.", START);
+        n.wait_log("Finished cluster merge process successfully.", START);
+    }
+    // Node 3 took in the deletion and B; the majority took in C (and found node 3's A stale,
+    // or node 3 had already taken in the deletion when it sent its snapshot).
+    let merged = |n: &Node, needle: &str| {
+        n.log_text()
+            .lines()
+            .any(|l| l.contains("Merged retained messages") && l.contains(needle))
+    };
+    assert!(
+        merged(&nodes[2], "2 newer applied (1 of them deletions)"),
+        "{}",
+        nodes[2].log_text()
+    );
+    for n in &nodes[..2] {
+        assert!(merged(n, "1 newer applied (0 of them deletions)"), "{}", n.log_text());
     }
 }

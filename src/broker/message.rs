@@ -33,8 +33,9 @@ pub struct Message {
     /// The client id of the publisher, for No Local [MQTT-3.8.3-3]; empty for wills of
     /// sessions that are gone and for messages restored from a backup.
     pub publisher: String,
-    /// When it was published (Unix ms): the newest retained message per topic wins when nodes
-    /// exchange them.
+    /// When it was published (Unix ms). Retained messages are ordered by their version
+    /// ([`super::retained`]), not by this; it stands in for the version only for data and peers
+    /// from before versions existed.
     pub created_ms: u64,
 }
 

@@ -8,6 +8,7 @@
 //! of [`session::Effects`].
 
 pub mod message;
+pub mod retained;
 pub mod session;
 pub mod topic_tree;
 
@@ -17,14 +18,23 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::cluster::Cluster;
+use crate::cluster::hlc::{self, Hlc};
 use crate::config::{MqttConfig, Restrictions, Security};
 use crate::mqtt::{self, QoS, SubscriptionOptions, reason};
 use crate::store::records::{OutgoingRecord, SubscriptionRecord, WillRecord};
 use crate::store::{Loaded, Store, StoreError, StoreOp, Ticket};
 use message::{Message, now_ms};
+use retained::{Applied, Retained, RetainedEntry};
 pub use session::{ClaimStamp, SessionExport};
 use session::{ConnectionHandle, Effects, Outbound, QueueLimits, Session};
 use topic_tree::TopicTree;
+
+/// How often expired retained-message tombstones are dropped.
+const TOMBSTONE_SWEEP: Duration = Duration::from_secs(10 * 60);
+
+/// A peer's clock this far ahead of ours is logged (its versions then win over ours until our
+/// wall clock catches up; the order stays consistent, but "newest" means "of the fastest clock").
+const CLOCK_LEAD_WARNING_MS: u64 = 60_000;
 
 /// The settings the broker applies, from config.xml.
 #[derive(Debug, Clone, Default)]
@@ -52,12 +62,17 @@ struct SharedGroup {
     next: usize,
 }
 
-#[derive(Default)]
 struct State {
     sessions: HashMap<Arc<str>, Session>,
     tree: TopicTree<Subscriber, SubscriptionRecord>,
     shared: HashMap<Arc<str>, SharedGroup>,
-    retained: HashMap<String, Arc<Message>>,
+    retained: Retained,
+    /// Versions every retained write (local ones, and those from peers it observes).
+    /// Invariant: it has observed every version in `retained`, so a local write is newer than
+    /// anything this node holds.
+    clock: Hlc,
+    /// When a peer's clock ahead of ours was last warned about (Unix ms).
+    clock_warned_ms: u64,
     /// Sequence numbers order every message handed to a session.
     next_seq: u64,
     /// Filters with local subscribers (shared ones by their inner filter), with how many: the
@@ -68,6 +83,24 @@ struct State {
     /// Connections waiting for the other nodes to hand over their client id's session, with
     /// whether a newer connection elsewhere has superseded them meanwhile.
     claims: HashMap<Arc<str>, (ClaimStamp, bool)>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            sessions: HashMap::new(),
+            tree: TopicTree::default(),
+            shared: HashMap::new(),
+            retained: Retained::default(),
+            // Node 0 until the node joins a cluster and has an id (`attach_cluster`).
+            clock: Hlc::new(0),
+            clock_warned_ms: 0,
+            next_seq: 0,
+            local_filters: HashMap::new(),
+            route_changes: Default::default(),
+            claims: HashMap::new(),
+        }
+    }
 }
 
 impl State {
@@ -160,6 +193,17 @@ pub struct PublishOutcome {
     pub duplicate: bool,
 }
 
+/// What applying a peer's retained entries did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetainedMerge {
+    /// Entries newer than what this node had (sets and deletions).
+    pub applied: usize,
+    /// Of those, deletions.
+    pub deleted: usize,
+    /// Entries this node already had, or had something newer for.
+    pub stale: usize,
+}
+
 /// A snapshot of one session, for the admin API and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -208,6 +252,18 @@ impl Broker {
             cluster: OnceLock::new(),
         });
         broker.restore(loaded);
+        let weak = Arc::downgrade(&broker);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TOMBSTONE_SWEEP);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                match weak.upgrade() {
+                    Some(broker) if !broker.stopped.load(Ordering::Acquire) => broker.expire_tombstones(now_ms()),
+                    _ => return,
+                }
+            }
+        });
         broker
     }
 
@@ -272,10 +328,21 @@ impl Broker {
         let mut state = self.lock();
         let mut effects = Effects::default();
         let mut timers = Vec::new();
-        for message in loaded.retained {
-            if !message.is_expired(now) {
-                state.retained.insert(message.topic.clone(), Arc::new(message));
+        for entry in loaded.retained {
+            // Every stored version is observed, so new local writes are newer than all of them
+            // even if the wall clock went back while the node was down.
+            state.clock.observe(entry.version, now);
+            if entry.message.as_ref().is_some_and(|m| m.is_expired(now)) {
+                continue;
             }
+            // The same rule as between nodes resolves a topic with both a message and a
+            // tombstone on disk (possible only after a build without tombstones ran on it).
+            state
+                .retained
+                .apply(&entry.topic, entry.version, entry.message.map(Arc::new));
+        }
+        for topic in state.retained.expire_tombstones(now) {
+            effects.ops.push(StoreOp::DropTombstone(topic));
         }
         for (client, loaded) in loaded.sessions {
             if let Some(max) = loaded.outgoing.iter().map(|(seq, _)| *seq).max() {
@@ -325,6 +392,7 @@ impl Broker {
         tracing::info!(
             sessions = state.sessions.len(),
             retained = state.retained.len(),
+            tombstones = state.retained.tombstone_count(),
             "restored persistent state"
         );
         self.finish(&mut state, effects, timers);
@@ -627,6 +695,7 @@ impl Broker {
 
     /// Joins this broker to a cluster: announces its routes and forwards from now on.
     pub fn attach_cluster(&self, cluster: Arc<Cluster>) {
+        self.set_clock_node(hlc::node_tag(cluster.id()));
         let filters: Vec<String> = self.lock().local_filters.keys().cloned().collect();
         cluster.local_routes_changed(filters, Vec::new());
         let _ = self.cluster.set(cluster);
@@ -635,6 +704,12 @@ impl Broker {
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.get()
     }
+
+    /// The node tag of this node's versions (from its cluster id; 0 for a single node).
+    fn set_clock_node(&self, tag: u64) {
+        self.lock().clock.set_node(tag);
+    }
+
     /// Publishes a will on behalf of the cluster (its client's node died).
     pub fn publish_will(self: &Arc<Self>, message: Message) {
         let mut state = self.lock();
@@ -699,31 +774,76 @@ impl Broker {
         self.finish(&mut state, effects, Vec::new());
     }
 
-    /// A retained message (or deletion) from another node: the newest per topic wins.
-    pub fn apply_retained(self: &Arc<Self>, message: Message) {
-        let mut state = self.lock();
-        let mut effects = Effects::default();
-        let newer = state
-            .retained
-            .get(&message.topic)
-            .is_none_or(|old| old.created_ms <= message.created_ms);
-        if newer {
-            if message.payload.is_empty() {
-                if state.retained.remove(&message.topic).is_some() {
-                    effects.ops.push(StoreOp::DeleteRetained(message.topic.clone()));
-                }
-            } else {
-                let message = Arc::new(message);
-                state.retained.insert(message.topic.clone(), message.clone());
-                effects.ops.push(StoreOp::PutRetained(message));
-            }
-        }
-        self.finish(&mut state, effects, Vec::new());
+    /// A retained message or deletion from another node (`from`, for the log): applied if it
+    /// is newer than what this node has for the topic. Returns whether it was.
+    pub fn apply_retained(self: &Arc<Self>, from: &str, entry: RetainedEntry) -> bool {
+        self.apply_retained_entries(from, vec![entry]).applied > 0
     }
 
-    /// Every retained message, for a node that joins or merges.
-    pub fn retained_snapshot(&self) -> Vec<Message> {
-        self.lock().retained.values().map(|m| (**m).clone()).collect()
+    /// A peer's retained snapshot (on join and merge): every entry is applied by the same
+    /// newest-version-wins rule, and the result is logged.
+    pub fn apply_retained_snapshot(self: &Arc<Self>, from: &str, entries: Vec<RetainedEntry>) -> RetainedMerge {
+        let merge = self.apply_retained_entries(from, entries);
+        tracing::info!(
+            "Merged retained messages from node {from}: {} newer applied ({} of them deletions), {} already current",
+            merge.applied,
+            merge.deleted,
+            merge.stale
+        );
+        merge
+    }
+
+    fn apply_retained_entries(self: &Arc<Self>, from: &str, entries: Vec<RetainedEntry>) -> RetainedMerge {
+        let now = now_ms();
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        let mut merge = RetainedMerge::default();
+        let mut lead = 0;
+        for entry in entries {
+            lead = lead.max(state.clock.observe(entry.version, now));
+            // An empty payload is a deletion whatever the peer called it.
+            let message = entry.message.filter(|m| !m.payload.is_empty()).map(Arc::new);
+            match state.retained.apply(&entry.topic, entry.version, message) {
+                Applied::Stale => merge.stale += 1,
+                Applied::Set(message) => {
+                    merge.applied += 1;
+                    effects.ops.push(StoreOp::PutRetained(message, entry.version));
+                }
+                Applied::Deleted { .. } => {
+                    merge.applied += 1;
+                    merge.deleted += 1;
+                    effects.ops.push(StoreOp::DeleteRetained(entry.topic, entry.version));
+                }
+            }
+        }
+        if lead > CLOCK_LEAD_WARNING_MS && now.saturating_sub(state.clock_warned_ms) > CLOCK_LEAD_WARNING_MS {
+            state.clock_warned_ms = now;
+            tracing::warn!(
+                "the clock of node {from} is {lead} ms ahead of this node's: retained-message versions follow the fastest clock (check NTP)"
+            );
+        }
+        self.finish(&mut state, effects, Vec::new());
+        merge
+    }
+
+    /// Every retained message and tombstone, for a node that joins or merges.
+    pub fn retained_snapshot(&self) -> Vec<RetainedEntry> {
+        self.lock().retained.entries()
+    }
+
+    /// Drops the tombstones older than [`retained::TOMBSTONE_RETENTION`].
+    pub fn expire_tombstones(self: &Arc<Self>, now_ms: u64) {
+        let mut state = self.lock();
+        let expired = state.retained.expire_tombstones(now_ms);
+        if expired.is_empty() {
+            return;
+        }
+        tracing::debug!(count = expired.len(), "dropped expired retained-message tombstones");
+        let effects = Effects {
+            ops: expired.into_iter().map(StoreOp::DropTombstone).collect(),
+            ..Effects::default()
+        };
+        self.finish(&mut state, effects, Vec::new());
     }
 
     /// PUBREL from the client: frees the QoS 2 packet id. Returns whether it was known.
@@ -772,22 +892,28 @@ impl Broker {
         let now = now_ms();
         let limits = self.limits();
         let mut matched = false;
-        if origin == Origin::Local
-            && let Some(cluster) = self.cluster.get()
-            && message.retain
-            && self.settings.mqtt.retained_messages_enabled
-        {
-            effects.replicated = cluster.replicate_retained(&message);
-        }
         if origin == Origin::Local && message.retain && self.settings.mqtt.retained_messages_enabled {
-            // An empty payload deletes the retained message [MQTT-3.3.1-6] [MQTT-3.3.1-7].
-            if message.payload.is_empty() {
-                if state.retained.remove(&message.topic).is_some() {
-                    effects.ops.push(StoreOp::DeleteRetained(message.topic.clone()));
+            // A new version, newer than everything this node holds (see `State::clock`). An
+            // empty payload deletes the retained message [MQTT-3.3.1-6] [MQTT-3.3.1-7]; the
+            // deletion is kept as a tombstone so that an old copy elsewhere cannot return.
+            let version = state.clock.now(now);
+            let value = (!message.payload.is_empty()).then(|| message.clone());
+            match state.retained.apply(&message.topic, version, value) {
+                Applied::Set(m) => effects.ops.push(StoreOp::PutRetained(m, version)),
+                Applied::Deleted { .. } => effects
+                    .ops
+                    .push(StoreOp::DeleteRetained(message.topic.clone(), version)),
+                Applied::Stale => {
+                    tracing::error!(topic = %message.topic, "BUG: a local retained write was older than the stored one")
                 }
-            } else {
-                state.retained.insert(message.topic.clone(), message.clone());
-                effects.ops.push(StoreOp::PutRetained(message.clone()));
+            }
+            if let Some(cluster) = self.cluster.get() {
+                let entry = RetainedEntry {
+                    topic: message.topic.clone(),
+                    version,
+                    message: (!message.payload.is_empty()).then(|| (*message).clone()),
+                };
+                effects.replicated = cluster.replicate_retained(&entry);
             }
         }
         // One delivery per client, with the highest QoS and every subscription identifier of
@@ -924,7 +1050,7 @@ impl Broker {
             if send_retained {
                 let mut matching: Vec<Arc<Message>> = state
                     .retained
-                    .values()
+                    .messages()
                     .filter(|m| mqtt::topic::matches(filter, &m.topic) && !m.is_expired(now))
                     .cloned()
                     .collect();
@@ -1061,6 +1187,11 @@ impl Broker {
 
     pub fn retained_count(&self) -> usize {
         self.lock().retained.len()
+    }
+
+    /// Retained-message deletions remembered (for tests and the admin API).
+    pub fn tombstone_count(&self) -> usize {
+        self.lock().retained.tombstone_count()
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -1233,4 +1364,120 @@ fn dispatch_shared(
 /// `QoS` from a stored byte, for callers outside the codec.
 pub fn qos_of(v: u8) -> QoS {
     QoS::from_u8(v).unwrap_or(QoS::AtMostOnce)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(node: &str) -> Arc<Broker> {
+        let b = Broker::new(Settings::default(), None, Loaded::default());
+        b.set_clock_node(hlc::node_tag(node));
+        b
+    }
+
+    /// A retained publish (or deletion, with an empty payload) made on this node.
+    fn retain(b: &Arc<Broker>, topic: &str, payload: &'static str) {
+        b.publish_will(Message {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            qos: 1,
+            retain: true,
+            properties: Default::default(),
+            expires_at_ms: None,
+            publisher: "t".into(),
+            created_ms: now_ms(),
+        });
+    }
+
+    fn retained(b: &Broker) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = b
+            .lock()
+            .retained
+            .messages()
+            .map(|m| (m.topic.clone(), String::from_utf8_lossy(&m.payload).into_owned()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Waits (a condition, not a guess) until the wall clock is past `ms`.
+    fn wall_past(ms: u64) {
+        while now_ms() <= ms {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Two nodes that write while apart converge on the newest version of every topic when
+    /// they exchange snapshots, deletions included, in either order, any number of times.
+    #[tokio::test]
+    async fn partitioned_writes_merge_by_newest_version_with_deletions() {
+        let (a, b) = (broker("node-a"), broker("node-b"));
+        retain(&a, "t/a", "first");
+        b.apply_retained_snapshot("node-a", a.retained_snapshot());
+        assert_eq!(retained(&b), vec![("t/a".into(), "first".into())]);
+
+        // Apart: B sets C and sets A again; later, A deletes A and sets B.
+        retain(&b, "t/c", "on b");
+        retain(&b, "t/a", "again on b");
+        wall_past(now_ms() + 1);
+        retain(&a, "t/a", "");
+        retain(&a, "t/b", "on a");
+        assert_eq!(a.tombstone_count(), 1);
+
+        // Heal: each side sends what it has.
+        let (from_a, from_b) = (a.retained_snapshot(), b.retained_snapshot());
+        let at_b = b.apply_retained_snapshot("node-a", from_a.clone());
+        let at_a = a.apply_retained_snapshot("node-b", from_b.clone());
+        assert_eq!(
+            at_b,
+            RetainedMerge {
+                applied: 2,
+                deleted: 1,
+                stale: 0
+            }
+        );
+        assert_eq!(
+            at_a,
+            RetainedMerge {
+                applied: 1,
+                deleted: 0,
+                stale: 1
+            }
+        );
+        let expected = vec![("t/b".into(), "on a".into()), ("t/c".into(), "on b".into())];
+        assert_eq!(retained(&a), expected);
+        assert_eq!(retained(&b), expected);
+        assert_eq!((a.tombstone_count(), b.tombstone_count()), (1, 1));
+        // Again, and the stale side's old snapshot once more: nothing changes.
+        assert_eq!(b.apply_retained_snapshot("node-a", from_a).applied, 0);
+        assert_eq!(a.apply_retained_snapshot("node-b", from_b).applied, 0);
+        assert_eq!(retained(&a), expected);
+
+        // A write after seeing the tombstone wins over it, whatever the wall clock says.
+        retain(&b, "t/a", "back");
+        a.apply_retained_snapshot("node-b", b.retained_snapshot());
+        assert!(retained(&a).contains(&("t/a".into(), "back".into())));
+    }
+
+    /// A version from a peer whose clock runs ahead is observed: the next local write is newer.
+    #[tokio::test]
+    async fn local_writes_after_a_fast_peer_are_newer() {
+        let a = broker("node-a");
+        let ahead = hlc::Timestamp {
+            physical_ms: now_ms() + 3_600_000,
+            logical: 4,
+            node: hlc::node_tag("fast"),
+        };
+        let entry = RetainedEntry {
+            topic: "t".into(),
+            version: ahead,
+            message: None,
+        };
+        assert!(a.apply_retained("fast", entry.clone()));
+        assert!(!a.apply_retained("fast", entry), "idempotent");
+        retain(&a, "t", "local");
+        assert_eq!(retained(&a), vec![("t".into(), "local".into())]);
+        assert!(a.retained_snapshot()[0].version > ahead);
+    }
 }

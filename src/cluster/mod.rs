@@ -6,10 +6,12 @@
 //!   per interested node.
 //! - [`transport`]: TCP connections between nodes (one dialer per address, one outbox per node).
 //! - [`node_id`]: the node's id, kept in the data folder.
+//! - [`hlc`]: the hybrid logical clock that versions replicated writes (newest version wins).
 //!
 //! One core task owns the membership and applies every event in order; the broker talks to the
 //! cluster through [`Cluster`]'s methods, which never block.
 
+pub mod hlc;
 pub mod membership;
 pub mod node_id;
 pub mod routes;
@@ -25,6 +27,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::broker::message::Message;
+use crate::broker::retained::RetainedEntry;
 use crate::broker::{Broker, ClaimAnswer, ClaimStamp, SessionExport};
 use crate::config::{ClusterConfig, ClusterTransport, Discovery};
 use crate::store::records::WillRecord;
@@ -243,11 +246,11 @@ impl Cluster {
     }
 
     fn send(&self, node: &NodeId, message: &wire::Message) {
-        self.outbox(node).push(Arc::new(wire::encode(message)));
+        self.outbox(node).push(Arc::new(wire::frame(message)));
     }
 
     fn broadcast(&self, message: &wire::Message) {
-        let frame = Arc::new(wire::encode(message));
+        let frame = Arc::new(wire::frame(message));
         for node in self.alive_peers() {
             self.outbox(&node).push(frame.clone());
         }
@@ -351,7 +354,7 @@ impl Cluster {
                 forward_id,
                 shared_only,
             };
-            outbox.push(Arc::new(wire::encode(&forward)));
+            outbox.push(Arc::new(wire::frame(&forward)));
         }
         (forwarded, local)
     }
@@ -395,7 +398,7 @@ impl Cluster {
 
     /// Replicates a retained message (or its deletion) to every node; the receiver completes
     /// once all of them applied it, so a subscriber anywhere reads what was acknowledged here.
-    pub fn replicate_retained(&self, message: &Message) -> Option<oneshot::Receiver<()>> {
+    pub fn replicate_retained(&self, entry: &RetainedEntry) -> Option<oneshot::Receiver<()>> {
         let peers = self.alive_peers();
         if peers.is_empty() {
             return None;
@@ -406,9 +409,9 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(seq, (peers.iter().cloned().collect(), tx));
-        let frame = Arc::new(wire::encode(&wire::Message::RetainedPut {
+        let frame = Arc::new(wire::frame(&wire::Message::RetainedPut {
             seq,
-            message: message.clone(),
+            entry: entry.clone(),
         }));
         for node in peers {
             self.outbox(&node).push(frame.clone());
@@ -464,7 +467,7 @@ impl Cluster {
             stamp: stamp.clone(),
             clean_start,
         };
-        let frame = Arc::new(wire::encode(&message));
+        let frame = Arc::new(wire::frame(&message));
         for node in peers {
             self.outbox(&node).push(frame.clone());
         }
@@ -743,15 +746,23 @@ impl Core {
                     .publish_from_peer(message, &shared_groups, origin, shared_only)
             }
             wire::Message::SharedSettled { forward_id, group } => cluster.settle_pending(&node, forward_id, &group),
-            wire::Message::RetainedPut { seq, message } => {
-                cluster.broker.apply_retained(message);
+            wire::Message::RetainedPut { seq, entry } => {
+                cluster.broker.apply_retained(&node, entry);
+                cluster.send(&node, &wire::Message::RetainedAck { seq });
+            }
+            wire::Message::LegacyRetainedPut { seq, message } => {
+                cluster
+                    .broker
+                    .apply_retained(&node, RetainedEntry::from_legacy(message));
                 cluster.send(&node, &wire::Message::RetainedAck { seq });
             }
             wire::Message::RetainedAck { seq } => cluster.ack_retained(&node, Some(seq)),
-            wire::Message::RetainedSnapshot(messages) => {
-                for m in messages {
-                    cluster.broker.apply_retained(m);
-                }
+            wire::Message::RetainedSnapshot(entries) => {
+                cluster.broker.apply_retained_snapshot(&node, entries);
+            }
+            wire::Message::LegacyRetainedSnapshot(messages) => {
+                let entries = messages.into_iter().map(RetainedEntry::from_legacy).collect();
+                cluster.broker.apply_retained_snapshot(&node, entries);
             }
             wire::Message::SyncDone => match self.syncing.remove(&node) {
                 Some(merge) => self.synced(merge),

@@ -132,7 +132,7 @@ pub async fn dial(cluster: Arc<Cluster>, address: String) {
                 });
                 return;
             }
-            Ok(Dialed::Peer(node, stream)) => {
+            Ok(Dialed::Peer(node, stream, version)) => {
                 backoff = Duration::from_millis(100);
                 cluster.core(CoreEvent::Connected {
                     node: node.clone(),
@@ -146,7 +146,7 @@ pub async fn dial(cluster: Arc<Cluster>, address: String) {
                 let mut reset = outbox.reset.subscribe();
                 let generation = *reset.borrow_and_update();
                 let e = tokio::select! {
-                    e = send_loop(&cluster, &outbox, stream) => e,
+                    e = send_loop(&cluster, &outbox, stream, version) => e,
                     _ = reset.wait_for(|g| *g != generation) => anyhow::anyhow!("reset: the node was declared down"),
                     _ = stop.wait_for(|s| *s) => return,
                 };
@@ -170,7 +170,8 @@ pub async fn dial(cluster: Arc<Cluster>, address: String) {
 
 enum Dialed {
     Myself,
-    Peer(NodeId, TcpStream),
+    /// A peer, on a connection that negotiated this protocol version.
+    Peer(NodeId, TcpStream, u16),
 }
 
 async fn connect(cluster: &Arc<Cluster>, address: &str) -> anyhow::Result<Dialed> {
@@ -192,11 +193,12 @@ async fn connect(cluster: &Arc<Cluster>, address: &str) -> anyhow::Result<Dialed
         answer.node,
         answer.chosen_version
     );
-    Ok(Dialed::Peer(node, stream))
+    Ok(Dialed::Peer(node, stream, answer.chosen_version))
 }
 
-/// An encoded frame, shared when the same one goes to several nodes.
-type Frame = Arc<Vec<u8>>;
+/// An encoded frame (in each protocol version's form), shared when the same one goes to
+/// several nodes.
+type Frame = Arc<wire::Frame>;
 
 /// Messages queued for one node. Survives its connections.
 pub struct Outbox {
@@ -234,12 +236,18 @@ impl Default for Outbox {
     }
 }
 
-async fn send_loop<W: AsyncWrite + Unpin>(cluster: &Arc<Cluster>, outbox: &Outbox, mut stream: W) -> anyhow::Error {
+/// Writes the outbox to a connection that negotiated protocol `version`.
+async fn send_loop<W: AsyncWrite + Unpin>(
+    cluster: &Arc<Cluster>,
+    outbox: &Outbox,
+    mut stream: W,
+    version: u16,
+) -> anyhow::Error {
     // One connection at a time drains a node's outbox; a second dialer to the same node waits.
     let mut guard = outbox.rx.lock().await;
     let mut heartbeat = tokio::time::interval(cluster.settings.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let beat = Arc::new(wire::encode(&wire::Message::Heartbeat));
+    let beat = Arc::new(wire::frame(&wire::Message::Heartbeat));
     loop {
         let (rx, retry) = &mut *guard;
         let frame = match retry.take() {
@@ -252,7 +260,7 @@ async fn send_loop<W: AsyncWrite + Unpin>(cluster: &Arc<Cluster>, outbox: &Outbo
                 _ = heartbeat.tick() => beat.clone(),
             },
         };
-        if let Err(e) = stream.write_all(&frame).await {
+        if let Err(e) = stream.write_all(frame.bytes(version)).await {
             // Kept for the next connection.
             *retry = Some(frame);
             return e.into();

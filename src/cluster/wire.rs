@@ -5,10 +5,21 @@
 //! of any release can read it and agree on the highest protocol version both speak; every
 //! later frame is a [`Message`] of that version. Everything read from a peer is untrusted: the
 //! length is bounded before anything is buffered, and bodies are checked after decoding.
+//!
+//! Versions:
+//! - 1: the first release.
+//! - 2: retained messages carry a hybrid-logical-clock version and deletions travel as
+//!   tombstones ([`Message::RetainedPut`], [`Message::RetainedSnapshot`]).
+//!
+//! [`Message`] is one enum for every version: a variant's position is its tag on the wire, so
+//! variants are only ever appended. A variant added in version N is never sent on a connection
+//! that negotiated less; [`frame`] encodes, next to the current form, the form an older peer
+//! reads (see [`Message::downgrade`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::broker::message::Message as MqttMessage;
+use crate::broker::retained::RetainedEntry;
 use crate::broker::{ClaimAnswer, ClaimStamp};
 use crate::store::records::WillRecord;
 
@@ -18,7 +29,7 @@ pub const MAGIC: [u8; 8] = *b"APIARY-C";
 /// The protocol versions this build speaks. A release must keep speaking the previous one
 /// (rolling upgrades).
 pub const MIN_VERSION: u16 = 1;
-pub const MAX_VERSION: u16 = 1;
+pub const MAX_VERSION: u16 = 2;
 
 /// The largest frame accepted: a maximal MQTT message plus room for the envelope.
 pub const MAX_FRAME: usize = 268_435_460 + 64 * 1024;
@@ -49,7 +60,8 @@ pub fn negotiate(peer_min: u16, peer_max: u16) -> Option<u16> {
     (high >= low).then_some(high)
 }
 
-/// Version 1 messages, after the hellos.
+/// The messages after the hellos. Marked with the version that added them; unmarked ones are
+/// version 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
     /// Liveness; sent every heartbeat interval.
@@ -87,17 +99,19 @@ pub enum Message {
         forward_id: u64,
         group: String,
     },
-    /// A retained message set (or deleted, with an empty payload) on the sender; acknowledged
-    /// with `RetainedAck` carrying the same sequence number.
-    RetainedPut {
+    /// Version 1's [`Message::RetainedPut`]: a retained message set (or deleted, with an
+    /// empty payload), versioned by its `created_ms`. Sent only to version 1 peers.
+    LegacyRetainedPut {
         seq: u64,
         message: MqttMessage,
     },
+    /// Acknowledges a `RetainedPut` (or `LegacyRetainedPut`) with the same sequence number.
     RetainedAck {
         seq: u64,
     },
-    /// Every retained message of the sender, on join and merge.
-    RetainedSnapshot(Vec<MqttMessage>),
+    /// Version 1's [`Message::RetainedSnapshot`]: the sender's retained messages (deletions
+    /// as empty payloads). Sent only to version 1 peers.
+    LegacyRetainedSnapshot(Vec<MqttMessage>),
     /// The receiver has applied our snapshots: our join or merge with it is complete.
     SyncDone,
     /// The sender is leaving the cluster on purpose (shutdown).
@@ -124,6 +138,69 @@ pub enum Message {
     WillCleared {
         client: String,
     },
+    /// (2) A retained message set or deleted on the sender, with its version; acknowledged
+    /// with `RetainedAck` carrying the same sequence number.
+    RetainedPut {
+        seq: u64,
+        entry: RetainedEntry,
+    },
+    /// (2) Every retained message and tombstone of the sender, on join and merge.
+    RetainedSnapshot(Vec<RetainedEntry>),
+}
+
+impl Message {
+    /// The form of this message a peer speaking `version` reads, if it differs from this one.
+    /// Version 1 peers get retained entries as plain messages: a deletion as an empty payload,
+    /// the version's physical time as `created_ms`.
+    pub fn downgrade(&self, version: u16) -> Option<Message> {
+        if version >= 2 {
+            return None;
+        }
+        match self {
+            Message::RetainedPut { seq, entry } => Some(Message::LegacyRetainedPut {
+                seq: *seq,
+                message: entry.to_legacy(),
+            }),
+            Message::RetainedSnapshot(entries) => Some(Message::LegacyRetainedSnapshot(
+                entries.iter().map(RetainedEntry::to_legacy).collect(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// An encoded message, with the encoding for version 1 peers when that differs.
+#[derive(Debug)]
+pub struct Frame {
+    current: Vec<u8>,
+    v1: Option<Vec<u8>>,
+}
+
+impl Frame {
+    /// The bytes to send on a connection that negotiated `version`.
+    pub fn bytes(&self, version: u16) -> &[u8] {
+        match (&self.v1, version) {
+            (Some(v1), 1) => v1,
+            _ => &self.current,
+        }
+    }
+
+    /// The size of the current encoding (for queue accounting).
+    pub fn len(&self) -> usize {
+        self.current.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+}
+
+/// Frames a message for any peer version.
+pub fn frame(message: &Message) -> Frame {
+    Frame {
+        current: encode(message),
+        v1: message.downgrade(1).map(|m| encode(&m)),
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -179,11 +256,16 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
         Message::Forward { shared_groups, .. } if shared_groups.iter().any(|g| !valid_shared(g)) => {
             Err(WireError::BadTopic(shared_groups.join(",")))
         }
-        Message::Forward { message: m, .. } | Message::RetainedPut { message: m, .. } if !topics_ok(m) => {
+        Message::Forward { message: m, .. } | Message::LegacyRetainedPut { message: m, .. } if !topics_ok(m) => {
             Err(WireError::BadTopic(m.topic.clone()))
         }
-        Message::RetainedSnapshot(ms) => match ms.iter().find(|m| !topics_ok(m)) {
+        Message::LegacyRetainedSnapshot(ms) => match ms.iter().find(|m| !topics_ok(m)) {
             Some(m) => Err(WireError::BadTopic(m.topic.clone())),
+            None => Ok(message),
+        },
+        Message::RetainedPut { entry, .. } if !entry_ok(entry) => Err(WireError::BadTopic(entry.topic.clone())),
+        Message::RetainedSnapshot(entries) => match entries.iter().find(|e| !entry_ok(e)) {
+            Some(e) => Err(WireError::BadTopic(e.topic.clone())),
             None => Ok(message),
         },
         Message::SessionHandover {
@@ -211,6 +293,11 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
         },
         _ => Ok(message),
     }
+}
+
+/// A retained entry: a valid topic, and a message (if any) for that same topic.
+fn entry_ok(entry: &RetainedEntry) -> bool {
+    crate::mqtt::topic::valid_topic_name(&entry.topic) && entry.message.as_ref().is_none_or(|m| m.topic == entry.topic)
 }
 
 /// A subscription as a client may write it: a filter, or a valid `$share/{group}/{filter}`.
@@ -254,9 +341,10 @@ mod tests {
 
     #[test]
     fn versions_negotiate_to_the_highest_common() {
-        assert_eq!(negotiate(1, 1), Some(1));
+        assert_eq!(negotiate(1, 1), Some(1), "a node of the first release");
+        assert_eq!(negotiate(1, 2), Some(2));
         assert_eq!(negotiate(1, 7), Some(MAX_VERSION));
-        assert_eq!(negotiate(2, 3), None, "a peer that speaks none of ours");
+        assert_eq!(negotiate(3, 4), None, "a peer that speaks none of ours");
     }
 
     #[test]
@@ -304,6 +392,154 @@ mod tests {
             let _ = decode_message(&bytes);
             let _ = decode_hello(&bytes);
         }
+    }
+
+    /// The message enum of protocol version 1 as the first release has it, frozen: what a
+    /// node of that release decodes.
+    mod v1 {
+        use super::super::{ClaimAnswer, ClaimStamp, MqttMessage, WillRecord};
+        use serde::Deserialize;
+
+        #[allow(dead_code)]
+        #[derive(Debug, Deserialize)]
+        pub enum Message {
+            Heartbeat,
+            Members(Vec<String>),
+            RoutesAdded(Vec<String>),
+            RoutesRemoved(Vec<String>),
+            RouteDigest {
+                count: u64,
+                hash: u64,
+            },
+            RouteSnapshotRequest,
+            RouteSnapshot(Vec<String>),
+            Forward {
+                message: MqttMessage,
+                shared_groups: Vec<String>,
+                forward_id: u64,
+                shared_only: bool,
+            },
+            SharedSettled {
+                forward_id: u64,
+                group: String,
+            },
+            RetainedPut {
+                seq: u64,
+                message: MqttMessage,
+            },
+            RetainedAck {
+                seq: u64,
+            },
+            RetainedSnapshot(Vec<MqttMessage>),
+            SyncDone,
+            Leave,
+            SessionClaim {
+                request: u64,
+                client: String,
+                stamp: ClaimStamp,
+                clean_start: bool,
+            },
+            SessionHandover {
+                request: u64,
+                answer: ClaimAnswer,
+            },
+            WillRegistered {
+                client: String,
+                will: WillRecord,
+            },
+            WillCleared {
+                client: String,
+            },
+        }
+    }
+
+    fn retained(topic: &str, payload: &'static str, version: crate::cluster::hlc::Timestamp) -> RetainedEntry {
+        RetainedEntry {
+            topic: topic.into(),
+            version,
+            message: (!payload.is_empty()).then(|| MqttMessage {
+                topic: topic.into(),
+                payload: bytes::Bytes::from_static(payload.as_bytes()),
+                qos: 1,
+                retain: true,
+                properties: Default::default(),
+                expires_at_ms: None,
+                publisher: "p".into(),
+                created_ms: 5,
+            }),
+        }
+    }
+
+    #[test]
+    fn version_1_peers_get_retained_entries_in_their_form() {
+        let version = crate::cluster::hlc::Timestamp {
+            physical_ms: 1_000,
+            logical: 3,
+            node: 9,
+        };
+        let put = frame(&Message::RetainedPut {
+            seq: 7,
+            entry: retained("a/b", "x", version),
+        });
+        // A first-release node cannot read the version 2 form at all: hence the negotiation.
+        assert!(postcard::from_bytes::<v1::Message>(&put.bytes(2)[4..]).is_err());
+        match postcard::from_bytes::<v1::Message>(&put.bytes(1)[4..]).unwrap() {
+            v1::Message::RetainedPut { seq, message } => {
+                assert_eq!(seq, 7);
+                assert_eq!(message.payload, "x");
+                assert_eq!(message.created_ms, 1_000, "its order: the version's physical time");
+            }
+            other => panic!("{other:?}"),
+        }
+        let snapshot = frame(&Message::RetainedSnapshot(vec![
+            retained("a/b", "x", version),
+            retained("gone", "", version),
+        ]));
+        match postcard::from_bytes::<v1::Message>(&snapshot.bytes(1)[4..]).unwrap() {
+            v1::Message::RetainedSnapshot(ms) => {
+                assert_eq!(ms.len(), 2);
+                assert!(
+                    ms[1].payload.is_empty() && ms[1].topic == "gone",
+                    "a tombstone is a deletion"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // What a first-release node sends us decodes as the legacy variants.
+        let ack = frame(&Message::RetainedAck { seq: 7 });
+        assert_eq!(ack.bytes(1), ack.bytes(2), "unchanged messages are encoded once");
+        assert!(matches!(
+            postcard::from_bytes::<v1::Message>(&ack.bytes(1)[4..]).unwrap(),
+            v1::Message::RetainedAck { seq: 7 }
+        ));
+        let legacy = Message::LegacyRetainedPut {
+            seq: 1,
+            message: retained("a", "x", version).to_legacy(),
+        };
+        assert_eq!(decode_message(&encode(&legacy)[4..]).unwrap(), legacy);
+    }
+
+    #[test]
+    fn retained_entries_from_peers_are_checked() {
+        let version = crate::cluster::hlc::Timestamp::legacy(1);
+        let mut entry = retained("a/b", "x", version);
+        let ok = Message::RetainedSnapshot(vec![entry.clone()]);
+        assert!(decode_message(&encode(&ok)[4..]).is_ok());
+        entry.topic = "a/+".into();
+        let wildcard = Message::RetainedPut {
+            seq: 1,
+            entry: entry.clone(),
+        };
+        assert!(matches!(
+            decode_message(&encode(&wildcard)[4..]),
+            Err(WireError::BadTopic(_))
+        ));
+        entry.topic = "other".into();
+        let mismatch = Message::RetainedSnapshot(vec![entry]);
+        assert!(
+            matches!(decode_message(&encode(&mismatch)[4..]), Err(WireError::BadTopic(_))),
+            "a message for another topic than its entry's"
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 use crate::broker::message::Message;
-use records::{OutgoingRecord, SessionRecord, SubscriptionRecord};
+use crate::broker::retained::RetainedEntry;
+use crate::cluster::hlc::Timestamp;
+use records::{OutgoingRecord, RetainedVersionRecord, SessionRecord, SubscriptionRecord};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -27,8 +29,14 @@ const SUBSCRIPTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new
 const OUTGOING: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outgoing");
 const INCOMING_QOS2: TableDefinition<(&str, u16), ()> = TableDefinition::new("incoming_qos2");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// Added after the first release: files written before have no such tables, and their retained
+/// messages are versioned by their creation time (see [`Timestamp::legacy`]).
+const RETAINED_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("retained_versions");
+const RETAINED_TOMBSTONES: TableDefinition<&str, &[u8]> = TableDefinition::new("retained_tombstones");
 
-/// The marker that tells an Apiary data file from any other redb file.
+/// The marker that tells an Apiary data file from any other redb file. Tables added later
+/// (versions, tombstones) do not change it: a file without them is read as before, and a build
+/// that does not know them still opens a file that has them (see [`RetainedVersionRecord`]).
 const FORMAT_KEY: &str = "format";
 const FORMAT_VALUE: &[u8] = b"apiary-store-1";
 
@@ -48,8 +56,12 @@ pub enum StoreOp {
     DeleteOutgoing(Arc<str>, u64),
     PutIncomingQos2(Arc<str>, u16),
     DeleteIncomingQos2(Arc<str>, u16),
-    PutRetained(Arc<Message>),
-    DeleteRetained(String),
+    /// Sets a topic's retained message at a version (and forgets its tombstone).
+    PutRetained(Arc<Message>, Timestamp),
+    /// Deletes a topic's retained message, leaving a tombstone with the deletion's version.
+    DeleteRetained(String, Timestamp),
+    /// Forgets an expired tombstone.
+    DropTombstone(String),
 }
 
 /// Position in the stream of ops; waiting for it means waiting until everything submitted up
@@ -72,7 +84,8 @@ pub enum StoreError {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub sessions: HashMap<Arc<str>, LoadedSession>,
-    pub retained: Vec<Message>,
+    /// Retained messages and tombstones, each with its version.
+    pub retained: Vec<RetainedEntry>,
 }
 
 #[derive(Debug)]
@@ -235,6 +248,8 @@ fn init_or_check_format(db: &Database, existed: bool) -> Result<(), String> {
                 txn.open_table(OUTGOING).map_err(|e| e.to_string())?;
                 txn.open_table(INCOMING_QOS2).map_err(|e| e.to_string())?;
                 txn.open_table(RETAINED).map_err(|e| e.to_string())?;
+                txn.open_table(RETAINED_VERSIONS).map_err(|e| e.to_string())?;
+                txn.open_table(RETAINED_TOMBSTONES).map_err(|e| e.to_string())?;
             }
             txn.commit().map_err(|e| e.to_string())
         }
@@ -298,10 +313,49 @@ fn load(db: &Database) -> Result<Loaded, String> {
             s.incoming_qos2.push(pid);
         }
     }
+    // A table added after the first release is missing in files written before it.
+    let optional = |table| match read.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(err(&e)),
+    };
+    let versions = optional(RETAINED_VERSIONS)?;
     let retained = read.open_table(RETAINED).map_err(|e| err(&e))?;
     for row in retained.iter().map_err(|e| err(&e))? {
         let (k, v) = row.map_err(|e| err(&e))?;
-        loaded.retained.push(decode("retained", &k.value(), v.value())?);
+        let message: Message = decode("retained", &k.value(), v.value())?;
+        let recorded = match &versions {
+            Some(table) => match table.get(k.value()).map_err(|e| err(&e))? {
+                Some(v) => Some(decode::<RetainedVersionRecord>(
+                    "retained_versions",
+                    &k.value(),
+                    v.value(),
+                )?),
+                None => None,
+            },
+            None => None,
+        };
+        // A version row written for another message of the topic (by this build, before a
+        // build without versions replaced the message) does not apply.
+        let version = match recorded {
+            Some(r) if r.created_ms == message.created_ms => r.version,
+            _ => Timestamp::legacy(message.created_ms),
+        };
+        loaded.retained.push(RetainedEntry {
+            topic: k.value().to_owned(),
+            version,
+            message: Some(message),
+        });
+    }
+    if let Some(tombstones) = optional(RETAINED_TOMBSTONES)? {
+        for row in tombstones.iter().map_err(|e| err(&e))? {
+            let (k, v) = row.map_err(|e| err(&e))?;
+            loaded.retained.push(RetainedEntry {
+                topic: k.value().to_owned(),
+                version: decode("retained_tombstones", &k.value(), v.value())?,
+                message: None,
+            });
+        }
     }
     Ok(loaded)
 }
@@ -344,6 +398,8 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<(), String> {
         let mut outgoing = txn.open_table(OUTGOING).map_err(|x| e(&x))?;
         let mut qos2 = txn.open_table(INCOMING_QOS2).map_err(|x| e(&x))?;
         let mut retained = txn.open_table(RETAINED).map_err(|x| e(&x))?;
+        let mut versions = txn.open_table(RETAINED_VERSIONS).map_err(|x| e(&x))?;
+        let mut tombstones = txn.open_table(RETAINED_TOMBSTONES).map_err(|x| e(&x))?;
         for op in batches.iter().flat_map(|b| b.ops.iter()) {
             match op {
                 StoreOp::PutSession(client, record) => {
@@ -383,16 +439,163 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<(), String> {
                 StoreOp::DeleteIncomingQos2(client, pid) => {
                     qos2.remove((&**client, *pid)).map_err(|x| e(&x))?;
                 }
-                StoreOp::PutRetained(message) => {
+                StoreOp::PutRetained(message, version) => {
+                    let topic = message.topic.as_str();
                     retained
-                        .insert(message.topic.as_str(), encode(&**message)?.as_slice())
+                        .insert(topic, encode(&**message)?.as_slice())
+                        .map_err(|x| e(&x))?;
+                    let record = RetainedVersionRecord {
+                        created_ms: message.created_ms,
+                        version: *version,
+                    };
+                    versions.insert(topic, encode(&record)?.as_slice()).map_err(|x| e(&x))?;
+                    tombstones.remove(topic).map_err(|x| e(&x))?;
+                }
+                StoreOp::DeleteRetained(topic, version) => {
+                    let topic = topic.as_str();
+                    retained.remove(topic).map_err(|x| e(&x))?;
+                    versions.remove(topic).map_err(|x| e(&x))?;
+                    tombstones
+                        .insert(topic, encode(version)?.as_slice())
                         .map_err(|x| e(&x))?;
                 }
-                StoreOp::DeleteRetained(topic) => {
-                    retained.remove(topic.as_str()).map_err(|x| e(&x))?;
+                StoreOp::DropTombstone(topic) => {
+                    tombstones.remove(topic.as_str()).map_err(|x| e(&x))?;
                 }
             }
         }
     }
     txn.commit().map_err(|x| e(&x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, payload: &'static str, created_ms: u64) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            qos: 1,
+            retain: true,
+            properties: Default::default(),
+            expires_at_ms: None,
+            publisher: "p".into(),
+            created_ms,
+        }
+    }
+
+    fn version(physical_ms: u64, logical: u32) -> Timestamp {
+        Timestamp {
+            physical_ms,
+            logical,
+            node: 7,
+        }
+    }
+
+    fn sorted(mut entries: Vec<RetainedEntry>) -> Vec<RetainedEntry> {
+        entries.sort_by(|a, b| a.topic.cmp(&b.topic));
+        entries
+    }
+
+    /// A data file as the first release wrote it: its tables, no versions, no tombstones.
+    fn first_release_file(dir: &Path, retained: &[Message]) {
+        fs::create_dir_all(dir).unwrap();
+        let db = Database::create(dir.join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            txn.open_table(META).unwrap().insert(FORMAT_KEY, FORMAT_VALUE).unwrap();
+            txn.open_table(SESSIONS).unwrap();
+            txn.open_table(SUBSCRIPTIONS).unwrap();
+            txn.open_table(OUTGOING).unwrap();
+            txn.open_table(INCOMING_QOS2).unwrap();
+            let mut table = txn.open_table(RETAINED).unwrap();
+            for m in retained {
+                table
+                    .insert(m.topic.as_str(), postcard::to_stdvec(m).unwrap().as_slice())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_first_release_file_loads_with_creation_times_as_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        first_release_file(dir.path(), &[message("a", "x", 1_234), message("b", "y", 99)]);
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let entries = sorted(loaded.retained);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].version, Timestamp::legacy(1_234));
+        assert_eq!(entries[0].message, Some(message("a", "x", 1_234)));
+        assert_eq!(entries[1].version, Timestamp::legacy(99));
+        // Writing to it adds the new tables.
+        let t = store.submit(vec![StoreOp::DeleteRetained("b".into(), version(100, 0))]);
+        store.wait(t).await.unwrap();
+        store.close();
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        let entries = sorted(loaded.retained);
+        assert_eq!(entries[1].message, None);
+        assert_eq!(entries[1].version, version(100, 0));
+    }
+
+    #[tokio::test]
+    async fn versions_and_tombstones_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let ops = vec![
+            StoreOp::PutRetained(Arc::new(message("a", "x", 10)), version(10, 2)),
+            StoreOp::PutRetained(Arc::new(message("b", "y", 11)), version(11, 0)),
+            StoreOp::DeleteRetained("b".into(), version(12, 0)),
+            StoreOp::DeleteRetained("c".into(), version(13, 0)),
+            StoreOp::DeleteRetained("d".into(), version(14, 0)),
+            StoreOp::PutRetained(Arc::new(message("d", "z", 15)), version(15, 0)),
+            StoreOp::DropTombstone("c".into()),
+        ];
+        let t = store.submit(ops);
+        store.wait(t).await.unwrap();
+        store.close();
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        let got: Vec<(String, Timestamp, bool)> = sorted(loaded.retained)
+            .into_iter()
+            .map(|e| (e.topic, e.version, e.message.is_some()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), version(10, 2), true),
+                ("b".into(), version(12, 0), false),
+                ("d".into(), version(15, 0), true),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_row_of_another_message_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let t = store.submit(vec![StoreOp::PutRetained(
+            Arc::new(message("a", "new build", 10)),
+            version(10, 0),
+        )]);
+        store.wait(t).await.unwrap();
+        store.close();
+        // A build without versions replaces the message and leaves the version row.
+        {
+            let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let old = message("a", "old build", 20);
+                let mut table = txn.open_table(RETAINED).unwrap();
+                table
+                    .insert("a", postcard::to_stdvec(&old).unwrap().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.retained.len(), 1);
+        assert_eq!(loaded.retained[0].version, Timestamp::legacy(20));
+        assert_eq!(loaded.retained[0].message.as_ref().unwrap().payload, "old build");
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::message::Message;
+use crate::cluster::hlc::Timestamp;
 
 /// A persistent session (one with a session expiry interval above zero).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,4 +54,14 @@ pub struct OutgoingRecord {
     /// For a shared-group message sent here by another node: that node and its forward id,
     /// told when the message is settled so it stops keeping a copy.
     pub origin: Option<(String, u64)>,
+}
+
+/// The version of a topic's retained message (table `retained_versions`, keyed by topic like
+/// `retained`). It names the `created_ms` of the message it belongs to: a build that does not
+/// know this table can replace the message and leave the row behind, and such a row is then
+/// ignored (the message counts as written before versions existed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedVersionRecord {
+    pub created_ms: u64,
+    pub version: Timestamp,
 }

@@ -277,6 +277,14 @@ impl V5Client {
             .unwrap_or_else(|| Err("event loop ended".into()))
     }
 
+    /// The next event if one arrives within `d`.
+    pub async fn next_event_within(&mut self, d: Duration) -> Option<Result<rumqttc::v5::Event, String>> {
+        match tokio::time::timeout(d, self.events.recv()).await {
+            Ok(event) => Some(event.unwrap_or_else(|| Err("event loop ended".into()))),
+            Err(_) => None,
+        }
+    }
+
     /// The next incoming PUBLISH.
     pub async fn next_publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
         loop {

@@ -107,6 +107,19 @@ impl Net {
     pub fn set_link(&self, i: usize, up: bool) {
         ip(&["link", "set", &self.hosts[i].link, if up { "up" } else { "down" }]);
     }
+
+    /// Partitions host `i` from the other hosts, or heals that: every packet between them is
+    /// dropped where it is sent (blackhole routes on both sides, so no FIN, no RST, nothing
+    /// arrives). Unlike [`Net::set_link`], each host stays reachable from the test (the bridge
+    /// address), so MQTT clients on both sides of the partition keep working.
+    pub fn split(&self, i: usize, apart: bool) {
+        let op = if apart { "add" } else { "del" };
+        let cut = &self.hosts[i];
+        for other in self.hosts.iter().filter(|h| h.ns != cut.ns) {
+            ip(&["-n", &cut.ns, "route", op, "blackhole", &format!("{}/32", other.ip)]);
+            ip(&["-n", &other.ns, "route", op, "blackhole", &format!("{}/32", cut.ip)]);
+        }
+    }
 }
 
 impl Drop for Net {
