@@ -8,6 +8,7 @@
 //! of [`session::Effects`].
 
 pub mod message;
+mod replicate;
 pub mod retained;
 pub mod session;
 pub mod topic_tree;
@@ -153,6 +154,8 @@ pub struct Broker {
     stopped: AtomicBool,
     /// The cluster this node is part of, if clustering is on.
     cluster: OnceLock<Arc<Cluster>>,
+    /// Tickets without file persistence (only replication acknowledgements back them).
+    memory_tickets: AtomicU64,
 }
 
 /// What a client asks for in CONNECT, after validation.
@@ -250,6 +253,7 @@ impl Broker {
             connections: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
             cluster: OnceLock::new(),
+            memory_tickets: AtomicU64::new(0),
         });
         broker.restore(loaded);
         let weak = Arc::downgrade(&broker);
@@ -309,16 +313,40 @@ impl Broker {
         self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Waits until everything up to the ticket is on disk (at once without file persistence).
+    /// Waits until everything up to the ticket is on disk (at once without file persistence)
+    /// and, in a cluster, every copy it promises exists: the session changes reached the
+    /// backups and the forwarded messages the nodes they went to (see [`Cluster::bind`]).
     pub async fn wait(&self, ticket: Ticket) -> Result<(), StoreError> {
-        match &self.store {
-            Some(store) if ticket > 0 => store.wait(ticket).await,
-            _ => Ok(()),
+        if let Some(store) = &self.store
+            && ticket > 0
+        {
+            store.wait(ticket).await?;
         }
+        if let Some(cluster) = self.cluster.get() {
+            cluster
+                .wait_replicated(ticket, crate::cluster::replication::Kind::Forward)
+                .await;
+        }
+        Ok(())
     }
 
     pub fn is_committed(&self, ticket: Ticket) -> bool {
         self.store.as_ref().is_none_or(|s| s.is_committed(ticket))
+            && self.cluster.get().is_none_or(|c| c.replicated(ticket))
+    }
+
+    /// Queues store ops; with `fresh`, a new ticket even for none (replication waits on it).
+    fn submit_ops(&self, ops: Vec<StoreOp>, fresh: bool) -> Ticket {
+        match &self.store {
+            Some(store) => store.submit_with(ops, fresh),
+            None if fresh => self.memory_tickets.fetch_add(1, Ordering::Relaxed) + 1,
+            None => self.memory_tickets.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues store ops made outside the broker's state (the cluster's replica tables).
+    pub fn submit(&self, ops: Vec<StoreOp>) -> Ticket {
+        self.submit_ops(ops, false)
     }
 
     // ----- restore -----------------------------------------------------------------------
@@ -723,13 +751,16 @@ impl Broker {
     /// A message forwarded by another node, for local subscribers only (with `shared_only`,
     /// just for the shared groups named). `origin` is the sender and its forward id, to be
     /// told when the shared-group members settled the message.
+    ///
+    /// Returns the store ticket that backs the message's copies here (and at the backups of
+    /// the sessions it was queued for).
     pub fn publish_from_peer(
         self: &Arc<Self>,
         message: Message,
         shared_groups: &[String],
         origin: Option<(String, u64)>,
         shared_only: bool,
-    ) {
+    ) -> Ticket {
         let mut state = self.lock();
         let mut effects = Effects::default();
         let from = Origin::Peer {
@@ -738,7 +769,7 @@ impl Broker {
             shared_only,
         };
         self.route(&mut state, Arc::new(message), from, &mut effects);
-        self.finish(&mut state, effects, Vec::new());
+        self.finish(&mut state, effects, Vec::new())
     }
 
     /// A shared-group message whose member's node left before settling it: it goes to
@@ -755,7 +786,7 @@ impl Broker {
             .cloned()
             .collect();
         if let Some(cluster) = self.cluster.get() {
-            local = cluster.route(&message, &local, Some(&groups)).1;
+            local = cluster.route(&message, &local, Some(&groups), &mut effects.awaits).1;
         }
         for key in local {
             let seq = state.seq();
@@ -939,7 +970,7 @@ impl Broker {
         let mut from_origin = None;
         match (origin, self.cluster.get()) {
             (Origin::Local, Some(cluster)) => {
-                let (remote, local_groups) = cluster.route(&message, &groups, None);
+                let (remote, local_groups) = cluster.route(&message, &groups, None, &mut effects.awaits);
                 matched |= remote;
                 groups = local_groups;
             }
@@ -1154,10 +1185,12 @@ impl Broker {
         } else {
             state.route_changes = Default::default();
         }
-        let ticket = match &self.store {
-            Some(store) => store.submit(std::mem::take(&mut effects.ops)),
-            None => 0,
-        };
+        self.replicate_sessions(state, &mut effects);
+        let awaits = std::mem::take(&mut effects.awaits);
+        let ticket = self.submit_ops(std::mem::take(&mut effects.ops), !awaits.is_empty());
+        if let Some(cluster) = self.cluster.get() {
+            cluster.bind(&awaits, ticket);
+        }
         for (tx, mut out, wait) in effects.sends {
             if wait && let Outbound::Packet(_, t) = &mut out {
                 *t = Some(ticket);
@@ -1281,6 +1314,9 @@ fn remove_session(state: &mut State, client: &Arc<str>, effects: &mut Effects) {
         && session.is_persistent()
     {
         effects.ops.push(StoreOp::DeleteSession(client.clone()));
+        if let Some(backups) = session.backups {
+            effects.dropped_backups.push((client.clone(), backups));
+        }
     }
 }
 

@@ -9,9 +9,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::mpsc;
-
 use crate::config::QueueStrategy;
+use crate::listener::outbox;
 use crate::mqtt::{self, Packet, ProtocolVersion, PubResponse, Publish, QoS};
 use crate::store::records::{OutgoingRecord, SessionRecord, SubscriptionRecord, WillRecord};
 use crate::store::{StoreOp, Ticket};
@@ -30,7 +29,7 @@ pub enum Outbound {
 pub struct ConnectionHandle {
     /// Unique per connection, so calls from a connection that was taken over are ignored.
     pub id: u64,
-    pub tx: mpsc::UnboundedSender<Outbound>,
+    pub tx: outbox::Sender<Outbound>,
     pub version: ProtocolVersion,
     /// The client's Receive Maximum: how many QoS 1/2 PUBLISHes may be unacknowledged.
     pub receive_maximum: u16,
@@ -46,7 +45,7 @@ pub struct ConnectionHandle {
 pub struct Effects {
     pub ops: Vec<StoreOp>,
     /// Packets for connections; `true` = wait for this operation's ops to be committed first.
-    pub sends: Vec<(mpsc::UnboundedSender<Outbound>, Outbound, bool)>,
+    pub sends: Vec<(outbox::Sender<Outbound>, Outbound, bool)>,
     /// Wills and other messages to publish once the current operation is done.
     pub publish: Vec<crate::broker::message::Message>,
     /// Completes when a retained message reached every node of the cluster.
@@ -54,6 +53,11 @@ pub struct Effects {
     /// Shared-group messages from other nodes that are settled here (acknowledged or
     /// dropped): (origin node, forward id, group).
     pub settled: Vec<(String, u64, Arc<str>)>,
+    /// Cluster requests (forwards, session ops) whose acknowledgements this operation's
+    /// store ticket waits for.
+    pub awaits: Vec<u64>,
+    /// Sessions that ended here, with the backups that must forget their copies.
+    pub dropped_backups: Vec<(Arc<str>, Vec<Arc<str>>)>,
 }
 
 /// Notes that a message is done with here, for the node that sent it, if it wants to know.
@@ -92,6 +96,9 @@ pub struct Session {
     /// When and where the current connection was made: in a cluster, the newer connection
     /// of a client id wins.
     pub claim: Option<ClaimStamp>,
+    /// In a cluster, for a persistent session: the nodes keeping copies of it, best ranked
+    /// first. `None` until the first replication, which then sends the whole session.
+    pub backups: Option<Vec<Arc<str>>>,
 }
 
 /// (connect time in Unix ms, node id): orders the connections of one client id across nodes.
@@ -122,6 +129,7 @@ impl Session {
             generation: 0,
             disconnected_at_ms: None,
             claim: None,
+            backups: None,
         }
     }
 

@@ -7,6 +7,8 @@
 //! - [`transport`]: TCP connections between nodes (one dialer per address, one outbox per node).
 //! - [`node_id`]: the node's id, kept in the data folder.
 //! - [`hlc`]: the hybrid logical clock that versions replicated writes (newest version wins).
+//! - [`placement`]: which nodes keep the copies of a persistent session (rendezvous hashing).
+//! - [`replication`]: session ops, the copies kept for other nodes, and acknowledgement waits.
 //!
 //! One core task owns the membership and applies every event in order; the broker talks to the
 //! cluster through [`Cluster`]'s methods, which never block.
@@ -14,6 +16,8 @@
 pub mod hlc;
 pub mod membership;
 pub mod node_id;
+pub mod placement;
+pub mod replication;
 pub mod routes;
 pub mod transport;
 pub mod wire;
@@ -31,7 +35,9 @@ use crate::broker::retained::RetainedEntry;
 use crate::broker::{Broker, ClaimAnswer, ClaimStamp, SessionExport};
 use crate::config::{ClusterConfig, ClusterTransport, Discovery};
 use crate::store::records::WillRecord;
+use crate::store::{StoreOp, Ticket};
 use membership::{Change, FailureDetection, Membership};
+use replication::{Kind, Replica, Replicas, SessionOp, Waits};
 use routes::RemoteRoutes;
 use transport::Outbox;
 
@@ -51,6 +57,8 @@ pub struct Settings {
     pub seeds: Vec<String>,
     pub heartbeat_interval: Duration,
     pub detection: FailureDetection,
+    /// `<replication><replica-count>`: copies of every persistent session, the home included.
+    pub replica_count: usize,
 }
 
 impl Settings {
@@ -81,6 +89,7 @@ impl Settings {
                 heartbeat_timeout: hb.enabled.then(|| Duration::from_millis(hb.timeout_ms)),
                 health_check: config.failure_detection.tcp_health_check.enabled,
             },
+            replica_count: config.replica_count.max(1) as usize,
         })
     }
 }
@@ -164,6 +173,15 @@ pub struct Cluster {
     pending_shared: Mutex<PendingShared>,
     next_forward: AtomicU64,
     next_claim: AtomicU64,
+    /// The protocol version of our connection to each peer (what it can read).
+    peer_versions: RwLock<HashMap<NodeId, u16>>,
+    /// Sequence numbers of `SessionOps` and `ForwardAcked` requests.
+    next_request: AtomicU64,
+    /// Acknowledgements the store tickets of client acks wait for; bumped on every change.
+    waits: Mutex<Waits>,
+    waits_changed: watch::Sender<u64>,
+    /// Copies of other nodes' persistent sessions.
+    replicas: Mutex<Replicas>,
     stopping: AtomicBool,
     /// Turns true when the node leaves: the listener, dialers and core stop.
     pub(crate) stop: watch::Sender<bool>,
@@ -200,6 +218,11 @@ impl Cluster {
             pending_shared: Mutex::new(HashMap::new()),
             next_forward: AtomicU64::new(0),
             next_claim: AtomicU64::new(0),
+            peer_versions: RwLock::new(HashMap::new()),
+            next_request: AtomicU64::new(0),
+            waits: Mutex::new(Waits::default()),
+            waits_changed: watch::channel(0).0,
+            replicas: Mutex::new(Replicas::default()),
             stopping: AtomicBool::new(false),
             stop: watch::channel(false).0,
             joined,
@@ -286,11 +309,16 @@ impl Cluster {
     ///
     /// With `only_groups`, just those shared groups are served (a redelivery): no plain
     /// subscriber gets the message again.
+    ///
+    /// A QoS 1/2 message to a peer that speaks protocol 3 asks it to confirm it stored the
+    /// message; the request's sequence number is added to `acks`, for the caller to tie to the
+    /// store ticket the publisher's acknowledgement waits for ([`Cluster::bind`]).
     pub fn route(
         &self,
         message: &Message,
         local_groups: &[Arc<str>],
         only_groups: Option<&[Arc<str>]>,
+        acks: &mut Vec<u64>,
     ) -> (bool, Vec<Arc<str>>) {
         let (direct, mut remote_groups) = {
             let routes = read(&self.routes);
@@ -348,11 +376,23 @@ impl Cluster {
             } else {
                 0
             };
-            let forward = wire::Message::Forward {
-                message: message.clone(),
-                shared_groups,
-                forward_id,
-                shared_only,
+            let forward = if message.qos > 0 && self.peer_version(&node) >= 3 {
+                let seq = self.request(Kind::Forward, std::iter::once(node.clone()));
+                acks.push(seq);
+                wire::Message::ForwardAcked {
+                    seq,
+                    message: message.clone(),
+                    shared_groups,
+                    forward_id,
+                    shared_only,
+                }
+            } else {
+                wire::Message::Forward {
+                    message: message.clone(),
+                    shared_groups,
+                    forward_id,
+                    shared_only,
+                }
             };
             outbox.push(Arc::new(wire::frame(&forward)));
         }
@@ -394,6 +434,181 @@ impl Cluster {
         for (_, (message, groups)) in pending {
             self.broker.redeliver_shared(message, groups.into_iter().collect());
         }
+    }
+
+    // ----- session replication --------------------------------------------------------------
+
+    pub(crate) fn set_peer_version(&self, node: &NodeId, version: u16) {
+        write(&self.peer_versions).insert(node.clone(), version);
+    }
+
+    /// The protocol version of our link to `node` (0 if never connected).
+    pub fn peer_version(&self, node: &NodeId) -> u16 {
+        read(&self.peer_versions).get(node).copied().unwrap_or(0)
+    }
+
+    /// The configured replica count.
+    pub fn replica_count(&self) -> usize {
+        self.settings.replica_count
+    }
+
+    /// The backups a session living here gets now: by placement among the live peers that
+    /// speak protocol 3 (older ones cannot keep copies).
+    pub fn backups_for(&self, client: &str) -> Vec<NodeId> {
+        let candidates: Vec<NodeId> = self
+            .alive_peers()
+            .into_iter()
+            .filter(|n| self.peer_version(n) >= 3)
+            .collect();
+        placement::backups(client, &self.me, &candidates, self.settings.replica_count)
+    }
+
+    /// Opens a request that `nodes` (those still alive) must acknowledge; returns its number.
+    fn request(&self, kind: Kind, nodes: impl Iterator<Item = NodeId>) -> u64 {
+        let seq = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
+        let alive: HashSet<NodeId> = self.alive_peers().into_iter().collect();
+        lock(&self.waits).open(seq, kind, nodes.filter(|n| alive.contains(n)));
+        seq
+    }
+
+    /// Sends session ops for `client` to `backups`; returns the request to bind to a ticket.
+    pub fn send_session_ops(&self, client: &str, backups: &[NodeId], ops: Vec<SessionOp>) -> Option<u64> {
+        if backups.is_empty() || ops.is_empty() {
+            return None;
+        }
+        let seq = self.request(Kind::Session, backups.iter().cloned());
+        let frame = Arc::new(wire::frame(&wire::Message::SessionOps {
+            seq,
+            client: client.to_owned(),
+            ops,
+        }));
+        for node in backups {
+            self.outbox(node).push(frame.clone());
+        }
+        Some(seq)
+    }
+
+    /// Ties requests to the store ticket of the operation that made them.
+    pub fn bind(&self, seqs: &[u64], ticket: Ticket) {
+        if seqs.is_empty() {
+            return;
+        }
+        let mut waits = lock(&self.waits);
+        for seq in seqs {
+            waits.bind(*seq, ticket);
+        }
+    }
+
+    /// Whether every acknowledgement that `ticket` (and those before it) waits for arrived.
+    pub fn replicated(&self, ticket: Ticket) -> bool {
+        lock(&self.waits).done(ticket, Kind::Forward)
+    }
+
+    /// Waits until the requests up to `ticket` are acknowledged: of `Session` kind only, or
+    /// (`Forward`) all of them. Bounded by failure detection: a node that does not answer is
+    /// declared down, and nothing waits for a node that is down.
+    pub async fn wait_replicated(&self, ticket: Ticket, kind: Kind) {
+        let mut changed = self.waits_changed.subscribe();
+        while !lock(&self.waits).done(ticket, kind) {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn acked(&self, node: &NodeId, seq: Option<u64>) {
+        let changed = match seq {
+            Some(seq) => lock(&self.waits).ack(node, seq),
+            None => lock(&self.waits).drop_node(node),
+        };
+        if changed {
+            self.waits_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Sends `message` to `node` once everything up to `ticket` is committed here (and, with
+    /// `Some(Kind::Session)`, at this node's own sessions' backups).
+    fn send_after(self: &Arc<Self>, node: NodeId, ticket: Ticket, after: Option<Kind>, message: wire::Message) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let stored = match cluster.broker.store() {
+                Some(store) if ticket > 0 => store.wait(ticket).await,
+                _ => Ok(()),
+            };
+            if let Some(kind) = after {
+                cluster.wait_replicated(ticket, kind).await;
+            }
+            match stored {
+                Ok(()) => cluster.send(&node, &message),
+                // Not stored: no acknowledgement; the sender stops waiting when it gives up on us.
+                Err(e) => tracing::error!("a replicated change was not stored: {e}"),
+            }
+        });
+    }
+
+    /// Session ops from a session's home: applied to our copy, committed, acknowledged.
+    fn apply_session_ops(self: &Arc<Self>, node: NodeId, seq: u64, client: String, ops: Vec<SessionOp>) {
+        let client: Arc<str> = Arc::from(client);
+        let store_ops = lock(&self.replicas).apply(&node, &client, ops);
+        let ticket = self.broker.submit(store_ops);
+        self.send_after(node, ticket, None, wire::Message::SessionOpsAck { seq });
+    }
+
+    /// How many copies of other nodes' sessions this node keeps.
+    pub fn replica_len(&self) -> usize {
+        lock(&self.replicas).len()
+    }
+
+    /// The live node set as the core sees it, this node included.
+    fn alive_set(&self) -> HashSet<NodeId> {
+        let mut alive: HashSet<NodeId> = self.alive_peers().into_iter().collect();
+        alive.insert(self.me.clone());
+        alive
+    }
+
+    /// Takes our copy of `client`'s session if its home is gone and we are its heir: for a
+    /// client that connects before the copy was promoted.
+    fn take_orphan(&self, client: &str) -> Option<Replica> {
+        let alive = self.alive_set();
+        let mut replicas = lock(&self.replicas);
+        if !replicas.is_heir(client, &self.me, &alive) {
+            return None;
+        }
+        let replica = replicas.take(client)?;
+        drop(replicas);
+        self.broker.submit(vec![StoreOp::ReplicaDelete(Arc::from(client))]);
+        Some(replica)
+    }
+
+    /// A home node is gone: the copies we are heir to become sessions here (and get new
+    /// backups from the broker).
+    fn promote_orphans(self: &Arc<Self>, gone: &NodeId) {
+        let started = Instant::now();
+        let clients = lock(&self.replicas).orphans(&self.me, &self.alive_set());
+        if clients.is_empty() {
+            return;
+        }
+        let mut promoted = 0;
+        for client in &clients {
+            if let Some(replica) = self.take_orphan(client) {
+                promoted += usize::from(self.broker.adopt_replica(client, replica));
+            }
+        }
+        tracing::info!(
+            "took over {promoted} persistent session(s) of node {gone} from their replicas in {}ms",
+            started.elapsed().as_millis()
+        );
+    }
+
+    /// Membership changed: the broker moves its sessions' copies to their new backups, from
+    /// a task, in bounded batches (client traffic goes on meanwhile).
+    fn rebalance(self: &Arc<Self>) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            // Let a burst of membership changes settle into one pass.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cluster.broker.rebalance().await;
+        });
     }
 
     /// Replicates a retained message (or its deletion) to every node; the receiver completes
@@ -445,15 +660,17 @@ impl Cluster {
         stamp: &ClaimStamp,
         clean_start: bool,
     ) -> Result<Option<SessionExport>, ClaimRefused> {
+        // Our own copy, if its home is gone and we are its heir (not yet promoted).
+        let local = self.take_orphan(client).map(|r| replica_export(&r));
         let peers = self.alive_peers();
         if peers.is_empty() {
-            return Ok(None);
+            return Ok(local);
         }
         let request = self.next_claim.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
         let claim = PendingClaim {
             waiting: peers.iter().cloned().collect(),
-            found: None,
+            found: local,
             refused: false,
             done: Some(tx),
         };
@@ -529,7 +746,35 @@ impl Cluster {
     }
 
     /// Tells the peers we leave, so they drop us at once.
+    ///
+    /// First every local persistent session's copies are made current (the acknowledgements
+    /// of every change sent to the backups are in): on `Leave`, each session's first backup
+    /// promotes its copy and replicates it on, so the replica count is kept.
     pub async fn leave(&self) {
+        let started = Instant::now();
+        let sessions = self.broker.persistent_session_count();
+        if sessions > 0 && !self.alive_peers().is_empty() {
+            tracing::info!(
+                "Starting cluster replication process. This may take a while. Please do not shut down HiveMQ."
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut last_report = Instant::now();
+            loop {
+                let open = lock(&self.waits).open_requests();
+                if open == 0 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    tracing::warn!("{open} replication request(s) still unacknowledged; leaving anyway");
+                    break;
+                }
+                if last_report.elapsed() > Duration::from_secs(5) {
+                    tracing::info!("Replication is still in progress. Please do not shut down HiveMQ.");
+                    last_report = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         self.stopping.store(true, Ordering::Relaxed);
         self.broadcast(&wire::Message::Leave);
         // Give the outboxes a moment to write it; peers also notice the closed connections.
@@ -545,6 +790,12 @@ impl Cluster {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if sessions > 0 {
+            tracing::info!(
+                "Finished cluster replication successfully in {}ms.",
+                started.elapsed().as_millis()
+            );
         }
         let _ = self.stop.send(true);
     }
@@ -574,6 +825,11 @@ struct Core {
     /// client reconnecting meanwhile cancels it.
     due_wills: HashMap<String, (u64, WillRecord)>,
     next_generation: u64,
+    /// When nodes left recently (disaster detection), and whether that burst was warned about.
+    recent_departures: std::collections::VecDeque<Instant>,
+    disaster_warned: bool,
+    /// The cluster size for which a reduced replica count was last logged.
+    reduced_logged: Option<usize>,
 }
 
 impl Core {
@@ -592,6 +848,9 @@ impl Core {
             remote_wills: HashMap::new(),
             due_wills: HashMap::new(),
             next_generation: 0,
+            recent_departures: Default::default(),
+            disaster_warned: false,
+            reduced_logged: None,
             cluster,
         }
     }
@@ -743,8 +1002,23 @@ impl Core {
                 let origin = (forward_id != 0).then(|| (node.to_string(), forward_id));
                 cluster
                     .broker
-                    .publish_from_peer(message, &shared_groups, origin, shared_only)
+                    .publish_from_peer(message, &shared_groups, origin, shared_only);
             }
+            wire::Message::ForwardAcked {
+                seq,
+                message,
+                shared_groups,
+                forward_id,
+                shared_only,
+            } => {
+                let origin = (forward_id != 0).then(|| (node.to_string(), forward_id));
+                let ticket = cluster
+                    .broker
+                    .publish_from_peer(message, &shared_groups, origin, shared_only);
+                cluster.send_after(node, ticket, Some(Kind::Session), wire::Message::ForwardAck { seq });
+            }
+            wire::Message::ForwardAck { seq } | wire::Message::SessionOpsAck { seq } => cluster.acked(&node, Some(seq)),
+            wire::Message::SessionOps { seq, client, ops } => cluster.apply_session_ops(node, seq, client, ops),
             wire::Message::SharedSettled { forward_id, group } => cluster.settle_pending(&node, forward_id, &group),
             wire::Message::RetainedPut { seq, entry } => {
                 cluster.broker.apply_retained(&node, entry);
@@ -781,7 +1055,14 @@ impl Core {
                 stamp,
                 clean_start,
             } => {
-                let answer = cluster.broker.answer_claim(&client, &stamp, clean_start);
+                let mut answer = cluster.broker.answer_claim(&client, &stamp, clean_start);
+                // A session whose home is gone and not yet promoted: our copy, if we are heir.
+                if answer == ClaimAnswer::Handover(None)
+                    && let Some(replica) = cluster.take_orphan(&client)
+                {
+                    tracing::info!(%client, "handing over the replica of a session whose node is gone");
+                    answer = ClaimAnswer::Handover((!clean_start).then(|| replica_export(&replica)));
+                }
                 cluster.send(&node, &wire::Message::SessionHandover { request, answer });
             }
             wire::Message::SessionHandover { request, answer } => {
@@ -829,6 +1110,7 @@ impl Core {
                     cluster.send(&node, &message);
                 }
                 cluster.send(&node, &wire::Message::SyncDone);
+                cluster.rebalance();
                 if self.synced_early.remove(&node) {
                     self.synced(merge);
                 } else {
@@ -843,6 +1125,10 @@ impl Core {
                 self.synced_early.remove(&node);
                 self.publish_alive();
                 self.cluster.ack_retained(&node, None);
+                self.cluster.acked(&node, None);
+                self.detect_disaster(now_instant());
+                self.cluster.promote_orphans(&node);
+                self.cluster.rebalance();
                 self.cluster.claim_answered(&node, None, None);
                 self.take_over_wills(&node, why);
                 self.cluster.redeliver_shared_of(&node);
@@ -882,6 +1168,38 @@ impl Core {
         }
     }
 
+    /// Disaster detection: more nodes than `replica-count − 1` left within the failure
+    /// detection window of each other, so some data may have lost every copy.
+    fn detect_disaster(&mut self, now: Instant) {
+        let window = self
+            .cluster
+            .settings
+            .detection
+            .heartbeat_timeout
+            .unwrap_or(Duration::from_secs(10))
+            .max(Duration::from_secs(5));
+        let recent = &mut self.recent_departures;
+        while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+            recent.pop_front();
+        }
+        if recent.is_empty() {
+            self.disaster_warned = false;
+        }
+        recent.push_back(now);
+        let replica_count = self.cluster.settings.replica_count;
+        if recent.len() >= replica_count && !self.disaster_warned {
+            self.disaster_warned = true;
+            tracing::warn!(
+                "Cluster disaster detected at {} (local time): {} nodes left the cluster within {}ms, \
+                 not fewer than the configured replica count {replica_count}; not all replicas of persistent \
+                 data may be reachable.",
+                utc_time(crate::broker::message::now_ms()),
+                recent.len(),
+                window.as_millis()
+            );
+        }
+    }
+
     /// We hold a peer's full state.
     fn synced(&mut self, merge: bool) {
         if merge {
@@ -890,9 +1208,17 @@ impl Core {
         self.check_joined();
     }
 
-    fn publish_alive(&self) {
+    fn publish_alive(&mut self) {
         *write(&self.cluster.alive) = self.membership.alive().cloned().collect();
-        tracing::info!("Cluster size = {}", self.membership.size());
+        let size = self.membership.size();
+        tracing::info!("Cluster size = {size}");
+        let configured = self.cluster.settings.replica_count;
+        if configured > size && self.reduced_logged != Some(size) {
+            self.reduced_logged = Some(size);
+            tracing::info!("replica-count {configured} is above the cluster size {size}; using {size}");
+        } else if configured <= size {
+            self.reduced_logged = None;
+        }
     }
 
     /// The join is over once every discovery address was tried and every peer found sent
@@ -913,6 +1239,44 @@ impl Core {
     }
 }
 
+fn now_instant() -> Instant {
+    Instant::now()
+}
+
+/// A replica as a session handed over to a connecting client.
+fn replica_export(replica: &Replica) -> SessionExport {
+    SessionExport {
+        expiry_interval: replica.record.as_ref().map_or(u32::MAX, |r| r.expiry_interval),
+        subscriptions: replica.subscriptions.iter().map(|(f, r)| (f.clone(), *r)).collect(),
+        outgoing: replica.outgoing.values().cloned().collect(),
+        incoming_qos2: replica.incoming_qos2.iter().copied().collect(),
+    }
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS.mmm UTC`.
+fn utc_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -923,4 +1287,14 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_time_formats_civil_dates() {
+        assert_eq!(super::utc_time(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(super::utc_time(951_782_400_123), "2000-02-29 00:00:00.123 UTC");
+        assert_eq!(super::utc_time(1_735_689_599_000), "2024-12-31 23:59:59.000 UTC");
+    }
 }

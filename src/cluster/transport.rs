@@ -134,6 +134,7 @@ pub async fn dial(cluster: Arc<Cluster>, address: String) {
             }
             Ok(Dialed::Peer(node, stream, version)) => {
                 backoff = Duration::from_millis(100);
+                cluster.set_peer_version(&node, version);
                 cluster.core(CoreEvent::Connected {
                     node: node.clone(),
                     address: address.clone(),
@@ -260,7 +261,10 @@ async fn send_loop<W: AsyncWrite + Unpin>(
                 _ = heartbeat.tick() => beat.clone(),
             },
         };
-        if let Err(e) = stream.write_all(frame.bytes(version)).await {
+        // A message this peer's version does not know is not sent (see `wire::Downgrade`).
+        if let Some(bytes) = frame.bytes(version)
+            && let Err(e) = stream.write_all(bytes).await
+        {
             // Kept for the next connection.
             *retry = Some(frame);
             return e.into();

@@ -10,17 +10,22 @@
 //! - 1: the first release.
 //! - 2: retained messages carry a hybrid-logical-clock version and deletions travel as
 //!   tombstones ([`Message::RetainedPut`], [`Message::RetainedSnapshot`]).
+//! - 3: persistent sessions are replicated to their backups ([`Message::SessionOps`], acknowledged
+//!   by [`Message::SessionOpsAck`]), and a QoS 1/2 forward asks the receiver to confirm that it
+//!   stored the message ([`Message::ForwardAcked`], [`Message::ForwardAck`]). A version 2 peer
+//!   gets plain `Forward`s, is never chosen as a backup, and is sent no session ops.
 //!
 //! [`Message`] is one enum for every version: a variant's position is its tag on the wire, so
 //! variants are only ever appended. A variant added in version N is never sent on a connection
-//! that negotiated less; [`frame`] encodes, next to the current form, the form an older peer
-//! reads (see [`Message::downgrade`]).
+//! that negotiated less; [`frame`] encodes, next to the current form, the form each older peer
+//! reads, or none when the message means nothing to it (see [`Message::downgrade`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::broker::message::Message as MqttMessage;
 use crate::broker::retained::RetainedEntry;
 use crate::broker::{ClaimAnswer, ClaimStamp};
+use crate::cluster::replication::SessionOp;
 use crate::store::records::WillRecord;
 
 /// Identifies an Apiary cluster connection (and not, say, an HTTP client on the port).
@@ -29,7 +34,7 @@ pub const MAGIC: [u8; 8] = *b"APIARY-C";
 /// The protocol versions this build speaks. A release must keep speaking the previous one
 /// (rolling upgrades).
 pub const MIN_VERSION: u16 = 1;
-pub const MAX_VERSION: u16 = 2;
+pub const MAX_VERSION: u16 = 3;
 
 /// The largest frame accepted: a maximal MQTT message plus room for the envelope.
 pub const MAX_FRAME: usize = 268_435_460 + 64 * 1024;
@@ -146,42 +151,105 @@ pub enum Message {
     },
     /// (2) Every retained message and tombstone of the sender, on join and merge.
     RetainedSnapshot(Vec<RetainedEntry>),
+    /// (3) Changes to a persistent session living on the sender, for the receiver's copy;
+    /// acknowledged with `SessionOpsAck` once committed there.
+    SessionOps {
+        seq: u64,
+        client: String,
+        ops: Vec<SessionOp>,
+    },
+    SessionOpsAck {
+        seq: u64,
+    },
+    /// (3) A `Forward` whose sender waits for `ForwardAck { seq }`: sent once the receiver
+    /// stored the message for its persistent sessions (and their backups did).
+    ForwardAcked {
+        seq: u64,
+        message: MqttMessage,
+        shared_groups: Vec<String>,
+        forward_id: u64,
+        shared_only: bool,
+    },
+    ForwardAck {
+        seq: u64,
+    },
+}
+
+/// The form of a message for an older peer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Downgrade {
+    /// The peer reads the message as it is.
+    Same,
+    /// The peer reads this form instead.
+    Replace(Box<Message>),
+    /// The message means nothing to the peer: it is not sent.
+    Skip,
 }
 
 impl Message {
     /// The form of this message a peer speaking `version` reads, if it differs from this one.
     /// Version 1 peers get retained entries as plain messages: a deletion as an empty payload,
     /// the version's physical time as `created_ms`.
-    pub fn downgrade(&self, version: u16) -> Option<Message> {
-        if version >= 2 {
-            return None;
+    /// Version 2 peers get acknowledged forwards as plain ones and no session replication.
+    pub fn downgrade(&self, version: u16) -> Downgrade {
+        if version >= 3 {
+            return Downgrade::Same;
         }
         match self {
-            Message::RetainedPut { seq, entry } => Some(Message::LegacyRetainedPut {
-                seq: *seq,
-                message: entry.to_legacy(),
-            }),
-            Message::RetainedSnapshot(entries) => Some(Message::LegacyRetainedSnapshot(
-                entries.iter().map(RetainedEntry::to_legacy).collect(),
+            Message::ForwardAcked {
+                message,
+                shared_groups,
+                forward_id,
+                shared_only,
+                ..
+            } => {
+                let plain = Message::Forward {
+                    message: message.clone(),
+                    shared_groups: shared_groups.clone(),
+                    forward_id: *forward_id,
+                    shared_only: *shared_only,
+                };
+                Downgrade::Replace(Box::new(plain))
+            }
+            Message::SessionOps { .. } | Message::SessionOpsAck { .. } | Message::ForwardAck { .. } => Downgrade::Skip,
+            Message::RetainedPut { seq, entry } if version < 2 => {
+                Downgrade::Replace(Box::new(Message::LegacyRetainedPut {
+                    seq: *seq,
+                    message: entry.to_legacy(),
+                }))
+            }
+            Message::RetainedSnapshot(entries) if version < 2 => Downgrade::Replace(Box::new(
+                Message::LegacyRetainedSnapshot(entries.iter().map(RetainedEntry::to_legacy).collect()),
             )),
-            _ => None,
+            _ => Downgrade::Same,
         }
     }
 }
 
-/// An encoded message, with the encoding for version 1 peers when that differs.
+/// One version's encoding of a frame.
+#[derive(Debug)]
+enum Form {
+    Current,
+    Other(Vec<u8>),
+    Skip,
+}
+
+/// An encoded message, with the encodings for older peers where they differ.
 #[derive(Debug)]
 pub struct Frame {
     current: Vec<u8>,
-    v1: Option<Vec<u8>>,
+    /// By version, from [`MIN_VERSION`] up to the one before [`MAX_VERSION`].
+    older: Vec<Form>,
 }
 
 impl Frame {
-    /// The bytes to send on a connection that negotiated `version`.
-    pub fn bytes(&self, version: u16) -> &[u8] {
-        match (&self.v1, version) {
-            (Some(v1), 1) => v1,
-            _ => &self.current,
+    /// The bytes to send on a connection that negotiated `version`; `None`: send nothing.
+    pub fn bytes(&self, version: u16) -> Option<&[u8]> {
+        let older = usize::from(version.saturating_sub(MIN_VERSION));
+        match self.older.get(older) {
+            Some(Form::Other(bytes)) => Some(bytes),
+            Some(Form::Skip) => None,
+            Some(Form::Current) | None => Some(&self.current),
         }
     }
 
@@ -197,9 +265,16 @@ impl Frame {
 
 /// Frames a message for any peer version.
 pub fn frame(message: &Message) -> Frame {
+    let older = (MIN_VERSION..MAX_VERSION)
+        .map(|v| match message.downgrade(v) {
+            Downgrade::Same => Form::Current,
+            Downgrade::Replace(m) => Form::Other(encode(&*m)),
+            Downgrade::Skip => Form::Skip,
+        })
+        .collect();
     Frame {
         current: encode(message),
-        v1: message.downgrade(1).map(|m| encode(&m)),
+        older,
     }
 }
 
@@ -253,11 +328,39 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
     let topics_ok = |m: &MqttMessage| crate::mqtt::topic::valid_topic_name(&m.topic);
     let filters_ok = |fs: &[String]| fs.iter().find(|f| !valid_subscription(f)).cloned();
     match &message {
-        Message::Forward { shared_groups, .. } if shared_groups.iter().any(|g| !valid_shared(g)) => {
+        Message::Forward { shared_groups, .. } | Message::ForwardAcked { shared_groups, .. }
+            if shared_groups.iter().any(|g| !valid_shared(g)) =>
+        {
             Err(WireError::BadTopic(shared_groups.join(",")))
         }
-        Message::Forward { message: m, .. } | Message::LegacyRetainedPut { message: m, .. } if !topics_ok(m) => {
+        Message::Forward { message: m, .. }
+        | Message::ForwardAcked { message: m, .. }
+        | Message::LegacyRetainedPut { message: m, .. }
+            if !topics_ok(m) =>
+        {
             Err(WireError::BadTopic(m.topic.clone()))
+        }
+        Message::SessionOps { client, ops, .. } => {
+            if client.is_empty() || client.len() > 65_535 {
+                return Err(WireError::BadTopic(client.clone()));
+            }
+            for op in ops {
+                match op {
+                    SessionOp::PutSubscription(f, _) if !valid_subscription(f) => {
+                        return Err(WireError::BadTopic(f.clone()));
+                    }
+                    SessionOp::PutOutgoing(_, o) if !topics_ok(&o.message) => {
+                        return Err(WireError::BadTopic(o.message.topic.clone()));
+                    }
+                    SessionOp::Reset { backups } | SessionOp::Backups(backups)
+                        if backups.iter().any(|b| b.is_empty() || b.len() > MAX_NODE_ID) =>
+                    {
+                        return Err(WireError::BadNodeId);
+                    }
+                    _ => {}
+                }
+            }
+            Ok(message)
         }
         Message::LegacyRetainedSnapshot(ms) => match ms.iter().find(|m| !topics_ok(m)) {
             Some(m) => Err(WireError::BadTopic(m.topic.clone())),
@@ -344,7 +447,9 @@ mod tests {
         assert_eq!(negotiate(1, 1), Some(1), "a node of the first release");
         assert_eq!(negotiate(1, 2), Some(2));
         assert_eq!(negotiate(1, 7), Some(MAX_VERSION));
-        assert_eq!(negotiate(3, 4), None, "a peer that speaks none of ours");
+        assert_eq!(negotiate(1, 3), Some(3));
+        assert_eq!(negotiate(2, 2), Some(2), "a version 2 node is still served");
+        assert_eq!(negotiate(4, 5), None, "a peer that speaks none of ours");
     }
 
     #[test]
@@ -482,8 +587,8 @@ mod tests {
             entry: retained("a/b", "x", version),
         });
         // A first-release node cannot read the version 2 form at all: hence the negotiation.
-        assert!(postcard::from_bytes::<v1::Message>(&put.bytes(2)[4..]).is_err());
-        match postcard::from_bytes::<v1::Message>(&put.bytes(1)[4..]).unwrap() {
+        assert!(postcard::from_bytes::<v1::Message>(&put.bytes(2).unwrap()[4..]).is_err());
+        match postcard::from_bytes::<v1::Message>(&put.bytes(1).unwrap()[4..]).unwrap() {
             v1::Message::RetainedPut { seq, message } => {
                 assert_eq!(seq, 7);
                 assert_eq!(message.payload, "x");
@@ -495,7 +600,7 @@ mod tests {
             retained("a/b", "x", version),
             retained("gone", "", version),
         ]));
-        match postcard::from_bytes::<v1::Message>(&snapshot.bytes(1)[4..]).unwrap() {
+        match postcard::from_bytes::<v1::Message>(&snapshot.bytes(1).unwrap()[4..]).unwrap() {
             v1::Message::RetainedSnapshot(ms) => {
                 assert_eq!(ms.len(), 2);
                 assert!(
@@ -507,9 +612,9 @@ mod tests {
         }
         // What a first-release node sends us decodes as the legacy variants.
         let ack = frame(&Message::RetainedAck { seq: 7 });
-        assert_eq!(ack.bytes(1), ack.bytes(2), "unchanged messages are encoded once");
+        assert_eq!(ack.bytes(1), ack.bytes(3), "unchanged messages are encoded once");
         assert!(matches!(
-            postcard::from_bytes::<v1::Message>(&ack.bytes(1)[4..]).unwrap(),
+            postcard::from_bytes::<v1::Message>(&ack.bytes(1).unwrap()[4..]).unwrap(),
             v1::Message::RetainedAck { seq: 7 }
         ));
         let legacy = Message::LegacyRetainedPut {
@@ -517,6 +622,74 @@ mod tests {
             message: retained("a", "x", version).to_legacy(),
         };
         assert_eq!(decode_message(&encode(&legacy)[4..]).unwrap(), legacy);
+    }
+
+    /// Version 2 peers read an acknowledged forward as a plain one, and get no replication.
+    #[test]
+    fn version_2_peers_get_plain_forwards_and_no_session_ops() {
+        let message = retained("a/b", "x", crate::cluster::hlc::Timestamp::legacy(1))
+            .message
+            .unwrap();
+        let acked = frame(&Message::ForwardAcked {
+            seq: 9,
+            message: message.clone(),
+            shared_groups: vec![],
+            forward_id: 0,
+            shared_only: false,
+        });
+        let plain = Message::Forward {
+            message,
+            shared_groups: vec![],
+            forward_id: 0,
+            shared_only: false,
+        };
+        for v in [1, 2] {
+            assert_eq!(decode_message(&acked.bytes(v).unwrap()[4..]).unwrap(), plain);
+            assert!(postcard::from_bytes::<v1::Message>(&acked.bytes(v).unwrap()[4..]).is_ok());
+        }
+        assert!(matches!(
+            decode_message(&acked.bytes(3).unwrap()[4..]).unwrap(),
+            Message::ForwardAcked { seq: 9, .. }
+        ));
+        let ops = frame(&Message::SessionOps {
+            seq: 1,
+            client: "c".into(),
+            ops: vec![SessionOp::DeleteSession],
+        });
+        assert!(ops.bytes(2).is_none() && ops.bytes(1).is_none());
+        assert!(decode_message(&ops.bytes(3).unwrap()[4..]).is_ok());
+        assert!(frame(&Message::ForwardAck { seq: 1 }).bytes(2).is_none());
+    }
+
+    #[test]
+    fn session_ops_from_peers_are_checked() {
+        let bad = Message::SessionOps {
+            seq: 1,
+            client: "c".into(),
+            ops: vec![
+                SessionOp::DeleteSubscription("ok".into()),
+                SessionOp::PutSubscription(
+                    "a/#/b".into(),
+                    crate::store::records::SubscriptionRecord {
+                        qos: 1,
+                        no_local: false,
+                        retain_as_published: false,
+                        retain_handling: 0,
+                        subscription_id: None,
+                    },
+                ),
+            ],
+        };
+        assert!(matches!(
+            decode_message(&encode(&bad)[4..]),
+            Err(WireError::BadTopic(_))
+        ));
+        let nobody = Message::SessionOps {
+            seq: 1,
+            client: String::new(),
+            ops: vec![],
+        };
+        assert!(decode_message(&encode(&nobody)[4..]).is_err());
     }
 
     #[test]

@@ -21,7 +21,8 @@ use tokio::sync::watch;
 use crate::broker::message::Message;
 use crate::broker::retained::RetainedEntry;
 use crate::cluster::hlc::Timestamp;
-use records::{OutgoingRecord, RetainedVersionRecord, SessionRecord, SubscriptionRecord};
+use crate::cluster::replication::SessionOp;
+use records::{OutgoingRecord, ReplicaHeader, RetainedVersionRecord, SessionRecord, SubscriptionRecord};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -33,6 +34,14 @@ const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 /// messages are versioned by their creation time (see [`Timestamp::legacy`]).
 const RETAINED_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("retained_versions");
 const RETAINED_TOMBSTONES: TableDefinition<&str, &[u8]> = TableDefinition::new("retained_tombstones");
+/// Copies of other nodes' persistent sessions (this node is one of their backups), in tables
+/// of their own so that they never mix with this node's sessions: a header per client (home
+/// node, backups, session record), then its rows keyed like the session tables. Added after the
+/// first release; a build that does not know them ignores them.
+const REPLICA_SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_sessions");
+const REPLICA_SUBSCRIPTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("replica_subscriptions");
+const REPLICA_OUTGOING: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("replica_outgoing");
+const REPLICA_INCOMING_QOS2: TableDefinition<(&str, u16), ()> = TableDefinition::new("replica_incoming_qos2");
 
 /// The marker that tells an Apiary data file from any other redb file. Tables added later
 /// (versions, tombstones) do not change it: a file without them is read as before, and a build
@@ -62,6 +71,12 @@ pub enum StoreOp {
     DeleteRetained(String, Timestamp),
     /// Forgets an expired tombstone.
     DropTombstone(String),
+    /// Starts a fresh copy of another node's session (`home`), with its backups.
+    ReplicaReset(Arc<str>, Arc<str>, Vec<String>),
+    /// A change to a copy of another node's session.
+    Replica(Arc<str>, SessionOp),
+    /// Forgets the copy of a session.
+    ReplicaDelete(Arc<str>),
 }
 
 /// Position in the stream of ops; waiting for it means waiting until everything submitted up
@@ -173,8 +188,14 @@ impl Store {
 
     /// Queues ops for the writer; they are applied in submission order.
     pub fn submit(&self, ops: Vec<StoreOp>) -> Ticket {
+        self.submit_with(ops, false)
+    }
+
+    /// [`Store::submit`]; with `fresh`, a new ticket even for no ops (something else, such as
+    /// a replication acknowledgement, is tied to it).
+    pub fn submit_with(&self, ops: Vec<StoreOp>, fresh: bool) -> Ticket {
         let mut guard = self.submit.lock().unwrap_or_else(|e| e.into_inner());
-        if ops.is_empty() {
+        if ops.is_empty() && !fresh {
             return guard.0;
         }
         guard.0 += 1;
@@ -371,7 +392,12 @@ fn writer(db: Database, rx: mpsc::Receiver<Batch>, progress: watch::Sender<Progr
             }
         }
         let last = batches.last().map(|b| b.ticket).unwrap_or(0);
-        match apply(&db, &batches) {
+        // Tickets with nothing to write (see `submit_with`) need no transaction.
+        let result = match batches.iter().all(|b| b.ops.is_empty()) {
+            true => Ok(()),
+            false => apply(&db, &batches),
+        };
+        match result {
             Ok(()) => {
                 progress.send_modify(|p| p.committed = last);
             }
@@ -400,6 +426,12 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<(), String> {
         let mut retained = txn.open_table(RETAINED).map_err(|x| e(&x))?;
         let mut versions = txn.open_table(RETAINED_VERSIONS).map_err(|x| e(&x))?;
         let mut tombstones = txn.open_table(RETAINED_TOMBSTONES).map_err(|x| e(&x))?;
+        let mut replicas = ReplicaTables {
+            headers: txn.open_table(REPLICA_SESSIONS).map_err(|x| e(&x))?,
+            subs: txn.open_table(REPLICA_SUBSCRIPTIONS).map_err(|x| e(&x))?,
+            outgoing: txn.open_table(REPLICA_OUTGOING).map_err(|x| e(&x))?,
+            qos2: txn.open_table(REPLICA_INCOMING_QOS2).map_err(|x| e(&x))?,
+        };
         for op in batches.iter().flat_map(|b| b.ops.iter()) {
             match op {
                 StoreOp::PutSession(client, record) => {
@@ -462,10 +494,98 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<(), String> {
                 StoreOp::DropTombstone(topic) => {
                     tombstones.remove(topic.as_str()).map_err(|x| e(&x))?;
                 }
+                StoreOp::ReplicaReset(client, home, backups) => {
+                    replicas.delete(client)?;
+                    let header = ReplicaHeader {
+                        home: home.to_string(),
+                        backups: backups.clone(),
+                        record: None,
+                    };
+                    replicas
+                        .headers
+                        .insert(&**client, encode(&header)?.as_slice())
+                        .map_err(|x| e(&x))?;
+                }
+                StoreOp::Replica(client, op) => replicas.apply(client, op)?,
+                StoreOp::ReplicaDelete(client) => replicas.delete(client)?,
             }
         }
     }
     txn.commit().map_err(|x| e(&x))
+}
+
+/// The replica tables, open in one write transaction.
+struct ReplicaTables<'txn> {
+    headers: redb::Table<'txn, &'static str, &'static [u8]>,
+    subs: redb::Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    outgoing: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    qos2: redb::Table<'txn, (&'static str, u16), ()>,
+}
+
+impl ReplicaTables<'_> {
+    fn delete(&mut self, c: &str) -> Result<(), String> {
+        let e = |e: redb::StorageError| e.to_string();
+        self.headers.remove(c).map_err(e)?;
+        self.subs
+            .retain_in((c, "")..=(c, "\u{10FFFF}\u{10FFFF}"), |(k, _), _| k != c)
+            .map_err(e)?;
+        self.outgoing
+            .retain_in((c, 0)..=(c, u64::MAX), |_, _| false)
+            .map_err(e)?;
+        self.qos2.retain_in((c, 0)..=(c, u16::MAX), |_, _| false).map_err(e)?;
+        Ok(())
+    }
+
+    fn header(&self, c: &str) -> Result<Option<ReplicaHeader>, String> {
+        match self.headers.get(c).map_err(|x| x.to_string())? {
+            Some(v) => decode("replica_sessions", &c, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_header(&mut self, c: &str, header: &ReplicaHeader) -> Result<(), String> {
+        self.headers
+            .insert(c, encode(header)?.as_slice())
+            .map_err(|x| x.to_string())?;
+        Ok(())
+    }
+
+    fn apply(&mut self, c: &str, op: &SessionOp) -> Result<(), String> {
+        let e = |e: redb::StorageError| e.to_string();
+        match op {
+            SessionOp::Reset { .. } | SessionOp::DeleteSession => {}
+            SessionOp::Backups(backups) => {
+                if let Some(mut h) = self.header(c)? {
+                    h.backups = backups.clone();
+                    self.put_header(c, &h)?;
+                }
+            }
+            SessionOp::PutSession(record) => {
+                let mut h = self.header(c)?.unwrap_or_default();
+                h.record = Some(record.clone());
+                self.put_header(c, &h)?;
+            }
+            SessionOp::PutSubscription(f, r) => {
+                self.subs.insert((c, f.as_str()), encode(r)?.as_slice()).map_err(e)?;
+            }
+            SessionOp::DeleteSubscription(f) => {
+                self.subs.remove((c, f.as_str())).map_err(e)?;
+            }
+            SessionOp::PutOutgoing(seq, r) => {
+                self.outgoing.insert((c, *seq), encode(r)?.as_slice()).map_err(e)?;
+            }
+            SessionOp::DeleteOutgoing(seq) => {
+                self.outgoing.remove((c, *seq)).map_err(e)?;
+            }
+            SessionOp::PutIncomingQos2(p) => {
+                self.qos2.insert((c, *p), ()).map_err(e)?;
+            }
+            SessionOp::DeleteIncomingQos2(p) => {
+                self.qos2.remove((c, *p)).map_err(e)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -65,3 +65,14 @@ pub struct RetainedVersionRecord {
     pub created_ms: u64,
     pub version: Timestamp,
 }
+
+/// The header row of a copy of another node's session (table `replica_sessions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaHeader {
+    /// The node the session lives on.
+    pub home: String,
+    /// Its backups, best ranked first.
+    pub backups: Vec<String>,
+    /// `None` until the home sent the session record.
+    pub record: Option<SessionRecord>,
+}

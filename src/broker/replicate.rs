@@ -1,0 +1,213 @@
+//! The broker's side of persistent-session replication: which changes go to which backups
+//! (from [`Broker::finish`]), moving copies when the membership changes, and turning a dead
+//! node's session copy into a session here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::message::now_ms;
+use super::session::{Effects, Session};
+use super::{Broker, State, Timer, add_subscription};
+use crate::cluster::replication::{Replica, SessionOp};
+use crate::store::records::{OutgoingRecord, SessionRecord};
+
+/// Sessions whose copies are moved per lock acquisition while rebalancing.
+const REBALANCE_BATCH: usize = 256;
+
+/// The ops that make a full copy of `session` at a backup.
+fn snapshot(session: &Session, backups: &[Arc<str>]) -> Vec<SessionOp> {
+    let mut ops = vec![SessionOp::Reset {
+        backups: backups.iter().map(|b| b.to_string()).collect(),
+    }];
+    ops.extend(
+        session
+            .full_record_ops()
+            .iter()
+            .filter_map(|op| SessionOp::of(op).map(|(_, op)| op)),
+    );
+    ops
+}
+
+impl Broker {
+    /// Sends this operation's session changes to each session's backups (the whole session to
+    /// backups that have no copy yet), and records the requests the ticket must wait for.
+    pub(super) fn replicate_sessions(&self, state: &mut State, effects: &mut Effects) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        // Ops per client, in order.
+        let mut order: Vec<Arc<str>> = Vec::new();
+        let mut per_client: HashMap<Arc<str>, Vec<SessionOp>> = HashMap::new();
+        for op in &effects.ops {
+            if let Some((client, op)) = SessionOp::of(op) {
+                per_client
+                    .entry(client.clone())
+                    .or_insert_with(|| {
+                        order.push(client.clone());
+                        Vec::new()
+                    })
+                    .push(op);
+            }
+        }
+        let dropped: HashMap<Arc<str>, Vec<Arc<str>>> =
+            std::mem::take(&mut effects.dropped_backups).into_iter().collect();
+        for client in order {
+            let Some(ops) = per_client.remove(&client) else {
+                continue;
+            };
+            let (targets, ops) = match state.sessions.get_mut(&client) {
+                Some(session) if session.is_persistent() => match &session.backups {
+                    Some(backups) => (backups.clone(), ops),
+                    None => {
+                        let backups = cluster.backups_for(&client);
+                        let ops = snapshot(session, &backups);
+                        session.backups = Some(backups.clone());
+                        (backups, ops)
+                    }
+                },
+                // Ended or no longer persistent: its copies go.
+                Some(session) => (
+                    session.backups.take().unwrap_or_default(),
+                    vec![SessionOp::DeleteSession],
+                ),
+                None => match dropped.get(&client) {
+                    Some(backups) => (backups.clone(), vec![SessionOp::DeleteSession]),
+                    None => continue,
+                },
+            };
+            if let Some(seq) = cluster.send_session_ops(&client, &targets, ops) {
+                effects.awaits.push(seq);
+            }
+        }
+    }
+
+    /// Local persistent sessions (for the replication on leave).
+    pub fn persistent_session_count(&self) -> usize {
+        self.lock().sessions.values().filter(|s| s.is_persistent()).count()
+    }
+
+    /// Moves the copies of every local persistent session to the backups the current
+    /// membership gives it: a full copy to each new backup, the new list to the kept ones, and
+    /// "forget it" to the dropped ones that are still alive. Works in batches, taking the lock
+    /// per batch, so that client traffic goes on.
+    pub async fn rebalance(self: &Arc<Self>) {
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return;
+        };
+        let clients: Vec<Arc<str>> = {
+            let state = self.lock();
+            state
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.is_persistent())
+                .map(|(c, _)| c.clone())
+                .collect()
+        };
+        let started = Instant::now();
+        let alive: Vec<Arc<str>> = cluster.alive_peers();
+        let mut moved = 0usize;
+        let mut announced = false;
+        let total = clients.len();
+        for (i, batch) in clients.chunks(REBALANCE_BATCH).enumerate() {
+            {
+                let mut state = self.lock();
+                for client in batch {
+                    let Some(session) = state.sessions.get_mut(client) else {
+                        continue;
+                    };
+                    if !session.is_persistent() {
+                        continue;
+                    }
+                    let new = cluster.backups_for(client);
+                    let old = session.backups.clone();
+                    if old.as_ref() == Some(&new) {
+                        continue;
+                    }
+                    if !announced {
+                        announced = true;
+                        tracing::info!(
+                            "Starting cluster replication process. This may take a while. Please do not shut down HiveMQ."
+                        );
+                    }
+                    let old = old.unwrap_or_default();
+                    let added: Vec<Arc<str>> = new.iter().filter(|n| !old.contains(n)).cloned().collect();
+                    let kept: Vec<Arc<str>> = new.iter().filter(|n| old.contains(n)).cloned().collect();
+                    let gone: Vec<Arc<str>> = old
+                        .iter()
+                        .filter(|n| !new.contains(n) && alive.contains(n))
+                        .cloned()
+                        .collect();
+                    cluster.send_session_ops(client, &added, snapshot(session, &new));
+                    let list = SessionOp::Backups(new.iter().map(|n| n.to_string()).collect());
+                    cluster.send_session_ops(client, &kept, vec![list]);
+                    cluster.send_session_ops(client, &gone, vec![SessionOp::DeleteSession]);
+                    session.backups = Some(new);
+                    moved += 1;
+                }
+            }
+            if announced && (i + 1) % 40 == 0 {
+                tracing::info!(
+                    "Replication is still in progress. Please do not shut down HiveMQ. ({}/{total} sessions checked)",
+                    (i + 1) * REBALANCE_BATCH
+                );
+            }
+            tokio::task::yield_now().await;
+        }
+        if announced {
+            tracing::info!(
+                "Finished cluster replication successfully in {}ms.",
+                started.elapsed().as_millis()
+            );
+            tracing::info!("moved the copies of {moved} persistent session(s) to new backups");
+        }
+    }
+
+    /// Turns the copy of a session whose home node is gone into a session here: disconnected,
+    /// with its subscriptions (so it receives new messages), its queue and its in-flight state
+    /// (resent with DUP when the client reconnects), then replicated to new backups. Returns
+    /// false if the client id already has a session here (it connected here meanwhile).
+    pub fn adopt_replica(self: &Arc<Self>, client: &Arc<str>, replica: Replica) -> bool {
+        let now = now_ms();
+        let mut state = self.lock();
+        if state.sessions.contains_key(client) {
+            tracing::info!(%client, "a replicated session was not taken over: the client is here already");
+            return false;
+        }
+        let record = match replica.record {
+            Some(r) => SessionRecord {
+                disconnected_at_ms: Some(r.disconnected_at_ms.unwrap_or(now)),
+                will: None,
+                ..r
+            },
+            None => {
+                tracing::warn!(%client, "the replica of a session had no session record: not taken over");
+                return false;
+            }
+        };
+        let outgoing: Vec<(u64, OutgoingRecord)> = replica.outgoing.into_values().map(|r| (state.seq(), r)).collect();
+        let incoming: Vec<u16> = replica.incoming_qos2.into_iter().collect();
+        let session = Session::restore(client.clone(), &record, outgoing, incoming, now);
+        let generation = session.generation;
+        let expiry = session.expiry_interval;
+        state.sessions.insert(client.clone(), session);
+        for (filter, sub) in replica.subscriptions {
+            add_subscription(&mut state, client, filter, sub);
+        }
+        let mut effects = Effects::default();
+        let mut timers = Vec::new();
+        if let Some(session) = state.sessions.get(client) {
+            effects.ops.extend(session.full_record_ops());
+        }
+        if expiry != u32::MAX {
+            let gone_for = Duration::from_millis(now.saturating_sub(record.disconnected_at_ms.unwrap_or(now)));
+            timers.push(Timer::Expiry {
+                client: client.clone(),
+                generation,
+                after: Duration::from_secs(u64::from(expiry)).saturating_sub(gone_for),
+            });
+        }
+        self.finish(&mut state, effects, timers);
+        true
+    }
+}

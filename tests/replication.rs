@@ -1,0 +1,309 @@
+//! Persistent-session replication on real hosts (network namespaces, one `apiary` process
+//! each; see `hosts`): with replica-count 2, a node killed with SIGKILL or stopped with SIGTERM
+//! loses no acknowledged message of a persistent session, and its clients find their sessions
+//! on the other nodes. Needs root and iproute2; elsewhere each test says so and passes.
+
+mod common;
+mod hosts;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use apiary::mqtt::{Disconnect, Packet, Properties, ProtocolVersion, PubResponse, QoS, Subscribe, SubscriptionOptions};
+use common::{RawClient, connect_packet, publish_packet};
+use hosts::{Net, Node, cluster_config};
+
+const START: Duration = Duration::from_secs(30);
+const MESSAGES: usize = 200;
+
+fn skip() -> bool {
+    if hosts::available() {
+        return false;
+    }
+    eprintln!("skipped: network namespaces need root and iproute2");
+    true
+}
+
+/// Three nodes (replica-count 2, the default) that see each other.
+fn cluster(net: &Net, dir: &std::path::Path) -> Vec<Node> {
+    let all: Vec<_> = net.hosts.iter().map(|h| h.ip).collect();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let host = &net.hosts[i];
+            Node::spawn(
+                &format!("node{}", i + 1),
+                &host.ns,
+                host.ip,
+                &dir.join(format!("n{}", i + 1)),
+                &cluster_config(host.ip, &all, true),
+            )
+        })
+        .collect();
+    for n in &nodes {
+        n.wait_log("Started Apiary in", START);
+        n.wait_size(3, START);
+    }
+    nodes
+}
+
+/// A persistent session (clean start false, expiry 300 s) with this receive maximum.
+async fn persistent(addr: std::net::SocketAddr, id: &str, receive_maximum: u16) -> (RawClient, bool) {
+    let mut connect = connect_packet(ProtocolVersion::V5, id, false);
+    connect.properties.session_expiry_interval = Some(300);
+    connect.properties.receive_maximum = Some(receive_maximum);
+    let (c, ack) = RawClient::connect(addr, connect).await;
+    assert_eq!(ack.code, 0, "{ack:?}");
+    (c, ack.session_present)
+}
+
+async fn subscribe(c: &mut RawClient, filter: &str) {
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(
+            filter.into(),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        )],
+    }))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
+}
+
+async fn puback(c: &mut RawClient, packet_id: u16) {
+    c.send(&Packet::PubAck(PubResponse {
+        packet_id,
+        reason: 0,
+        properties: Properties::default(),
+    }))
+    .await;
+}
+
+/// Publishes on `probe` from `publ` until `sub` has a message on it: the subscription's route
+/// has reached the publisher's node.
+async fn await_route(publ: &mut RawClient, sub: &mut RawClient, probe: &str) {
+    let deadline = Instant::now() + START;
+    let mut pid = 60_000;
+    loop {
+        pid += 1;
+        publ.send(&publish_packet(probe, QoS::AtLeastOnce, pid, false, "probe"))
+            .await;
+        assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
+        match sub.recv_within(Duration::from_millis(300)).await {
+            Ok(Some(Packet::Publish(p))) if p.topic == probe => {
+                puback(sub, p.packet_id).await;
+                return;
+            }
+            _ => assert!(
+                Instant::now() < deadline,
+                "the route never reached the publisher's node"
+            ),
+        }
+    }
+}
+
+/// Publishes `rep/data` 0..n at QoS 1, at most 10 unacknowledged; returns once every PUBACK
+/// arrived (each one promises the message is stored on two nodes).
+async fn publish_all(publ: &mut RawClient, n: usize) {
+    let mut sent = 0;
+    let mut acked = 0;
+    while acked < n {
+        while sent < n && sent - acked < 10 {
+            let pid = (sent + 1) as u16;
+            publ.send(&publish_packet(
+                "rep/data",
+                QoS::AtLeastOnce,
+                pid,
+                false,
+                &sent.to_string(),
+            ))
+            .await;
+            sent += 1;
+        }
+        match publ.recv().await {
+            Some(Packet::PubAck(ack)) => {
+                assert!(ack.reason < 0x80, "{ack:?}");
+                acked += 1;
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}
+
+/// Receives (and acknowledges) `rep/data` messages until every index from `from` to `n − 1`
+/// arrived, in order; a redelivery of an earlier one (QoS 1 may duplicate) is allowed, a gap
+/// is not. Returns the indices received.
+async fn receive_all(sub: &mut RawClient, from: usize, n: usize, seen_before: &HashSet<usize>) -> Vec<usize> {
+    let mut next = from;
+    let mut got = Vec::new();
+    while next < n {
+        let packet = match sub.recv_within(Duration::from_secs(10)).await {
+            Ok(Some(p)) => p,
+            other => panic!("waiting for message {next} of {n}: {other:?} (got {got:?})"),
+        };
+        let Packet::Publish(p) = packet else { continue };
+        if p.qos != QoS::AtMostOnce {
+            puback(sub, p.packet_id).await;
+        }
+        if p.topic != "rep/data" {
+            continue;
+        }
+        let i: usize = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+        got.push(i);
+        if i == next {
+            next += 1;
+        } else {
+            assert!(
+                i < next && (i >= from || seen_before.contains(&i)),
+                "message {i} out of order: expected {next} (got {got:?})"
+            );
+        }
+    }
+    got
+}
+
+/// Waits until one of `nodes` logs `text`; returns its index.
+fn wait_any_log(nodes: &[&Node], text: &str, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(i) = nodes.iter().position(|n| n.log_text().contains(text)) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no node logged {text:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The subscriber's session lives on node 1, which fails (SIGKILL, or SIGTERM with `graceful`)
+/// after 200 messages were acknowledged to a publisher on node 2; the subscriber reconnects to
+/// node 3 and gets all of them, in order.
+async fn offline_session_survives(graceful: bool) {
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&net, dir.path());
+    let (mut sub, present) = persistent(nodes[0].mqtt, "keeper", 10).await;
+    assert!(!present);
+    subscribe(&mut sub, "rep/#").await;
+    let (mut publ, _) = RawClient::connect(nodes[1].mqtt, connect_packet(ProtocolVersion::V5, "pub", true)).await;
+    await_route(&mut publ, &mut sub, "rep/probe").await;
+    sub.send(&Packet::Disconnect(Disconnect {
+        reason: 0,
+        properties: Properties::default(),
+    }))
+    .await;
+    assert!(sub.recv().await.is_none(), "the server closes after DISCONNECT");
+
+    let t = Instant::now();
+    publish_all(&mut publ, MESSAGES).await;
+    eprintln!("published and acknowledged {MESSAGES} messages in {:?}", t.elapsed());
+
+    let down = Instant::now();
+    if graceful {
+        nodes[0].terminate(START);
+        let log = nodes[0].log_text();
+        assert!(
+            log.contains(
+                "Starting cluster replication process. This may take a while. Please do not shut down HiveMQ."
+            ),
+            "{log}"
+        );
+        assert!(log.contains("Finished cluster replication successfully in"), "{log}");
+    } else {
+        nodes[0].kill();
+    }
+    let heir = wait_any_log(&[&nodes[1], &nodes[2]], "took over 1 persistent session(s)", START);
+    eprintln!(
+        "node{} took over the session {:?} after node 1 went down",
+        heir + 2,
+        down.elapsed()
+    );
+    nodes[2].wait_size(2, START);
+
+    let (mut sub, present) = persistent(nodes[2].mqtt, "keeper", 10).await;
+    assert!(present, "the session was found on the other nodes");
+    let got = receive_all(&mut sub, 0, MESSAGES, &HashSet::new()).await;
+    eprintln!(
+        "all {MESSAGES} messages back at node 3 {:?} after node 1 went down ({} deliveries)",
+        down.elapsed(),
+        got.len()
+    );
+}
+
+/// (a) SIGKILL of the node that holds an offline persistent session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_session_survives_sigkill_of_its_node() {
+    if skip() {
+        return;
+    }
+    offline_session_survives(false).await;
+}
+
+/// (c) SIGTERM: the node replicates before it leaves, and the session lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_session_survives_sigterm_of_its_node() {
+    if skip() {
+        return;
+    }
+    offline_session_survives(true).await;
+}
+
+/// (b) The subscriber is connected to node 1 and has acknowledged part of the stream when
+/// node 1 is killed: reconnected to node 3, it gets everything else that was acknowledged to
+/// the publisher, in order, its in-flight messages again with DUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_session_survives_sigkill_mid_stream() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&net, dir.path());
+    let (mut sub, _) = persistent(nodes[0].mqtt, "streamer", 10).await;
+    subscribe(&mut sub, "rep/#").await;
+    let (mut publ, _) = RawClient::connect(nodes[1].mqtt, connect_packet(ProtocolVersion::V5, "pub", true)).await;
+    await_route(&mut publ, &mut sub, "rep/probe").await;
+    // The subscriber reads nothing meanwhile: 10 in flight, the rest queued on node 1.
+    publish_all(&mut publ, MESSAGES).await;
+    let half = MESSAGES / 4;
+    let got = receive_all(&mut sub, 0, half, &HashSet::new()).await;
+    let seen: HashSet<usize> = got.into_iter().collect();
+    let down = Instant::now();
+    nodes[0].kill();
+    wait_any_log(&[&nodes[1], &nodes[2]], "took over 1 persistent session(s)", START);
+    nodes[2].wait_size(2, START);
+    let (mut sub, present) = persistent(nodes[2].mqtt, "streamer", 10).await;
+    assert!(present);
+    let got = receive_all(&mut sub, half, MESSAGES, &seen).await;
+    eprintln!(
+        "messages {half}..{MESSAGES} back at node 3 {:?} after the kill ({} deliveries)",
+        down.elapsed(),
+        got.len()
+    );
+}
+
+/// (d) Two of three nodes die at once with replica-count 2: the survivor warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_more_nodes_than_replicas_is_a_disaster_warning() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&net, dir.path());
+    assert!(!nodes[2].log_text().contains("Cluster disaster detected"));
+    nodes[0].kill();
+    nodes[1].kill();
+    nodes[2].wait_log("Cluster disaster detected", START);
+    let log = nodes[2].log_text();
+    let line = log.lines().find(|l| l.contains("Cluster disaster detected")).unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("replica count 2"), "{line}");
+    assert!(line.contains("(local time)"), "{line}");
+    assert_eq!(
+        log.matches("Cluster disaster detected").count(),
+        1,
+        "one warning per burst"
+    );
+}
