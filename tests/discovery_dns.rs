@@ -182,25 +182,6 @@ fn is_root() -> bool {
 
 // ----- a cluster in network namespaces ------------------------------------------------------
 
-/// A node's config: TCP transport on its own address, discovery by extensions only (1 s
-/// until the extension's first answer), quick failure detection.
-fn node_config(ip: Ipv4Addr) -> String {
-    format!(
-        "<hivemq>
-  <listeners><tcp-listener><port>1883</port><bind-address>{ip}</bind-address></tcp-listener></listeners>
-  <cluster>
-    <enabled>true</enabled>
-    <transport><tcp><bind-address>{ip}</bind-address><bind-port>8000</bind-port></tcp></transport>
-    <discovery><extension><reload-interval>1</reload-interval></extension></discovery>
-    <failure-detection>
-      <heartbeat><enabled>true</enabled><interval>500</interval><timeout>2000</timeout></heartbeat>
-      <tcp-health-check><enabled>true</enabled></tcp-health-check>
-    </failure-detection>
-  </cluster>
-</hivemq>"
-    )
-}
-
 /// Starts node `i` (0-based) of `net` with the extension installed in its own extensions
 /// folder. The discovery address comes from the environment (granted by `env.allow`), which
 /// wins over the file's — a name the sandbox refuses, so the file's value would fail.
@@ -235,7 +216,7 @@ fn start_node(net: &Net, dir: &Path, i: usize, dns: &Dnsmasq) -> Node {
         &host.ns,
         host.ip,
         &node_dir,
-        &node_config(host.ip),
+        &hosts::extension_cluster_config(host.ip),
         &[("APIARY_EXTENSIONS_DIR", &extensions), (address_var, "tasks.apiary")],
     )
 }

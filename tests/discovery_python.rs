@@ -533,23 +533,6 @@ fn the_python_sdk_template_builds_and_runs() {
 
 // ----- a cluster in network namespaces ------------------------------------------------------
 
-/// A node whose only discovery is extensions, reloading every second.
-fn cluster_config(ip: Ipv4Addr) -> String {
-    format!(
-        "<hivemq>
-  <listeners><tcp-listener><port>1883</port><bind-address>{ip}</bind-address></tcp-listener></listeners>
-  <cluster>
-    <enabled>true</enabled>
-    <transport><tcp><bind-address>{ip}</bind-address><bind-port>8000</bind-port></tcp></transport>
-    <discovery><extension><reload-interval>1</reload-interval></extension></discovery>
-    <failure-detection>
-      <heartbeat><enabled>true</enabled><interval>500</interval><timeout>2000</timeout></heartbeat>
-    </failure-detection>
-  </cluster>
-</hivemq>"
-    )
-}
-
 /// Three hosts, one registry on the bridge (`net.gateway()`), every node discovering through
 /// the Python extension: nodes 1 and 2 form a cluster from the served list; node 3, started
 /// while the registry fails, stays alone (and 1 and 2 keep their list); adding node 3 to the
@@ -583,7 +566,7 @@ fn three_nodes_form_and_re_form_through_the_python_extension() {
             &host.ns,
             host.ip,
             &home,
-            &cluster_config(host.ip),
+            &hosts::extension_cluster_config(host.ip),
             &[
                 ("APIARY_EXTENSIONS_DIR", extensions.to_str().unwrap()),
                 ("APIARY_EXTENSION_CACHE_DIR", cache.to_str().unwrap()),

@@ -381,24 +381,6 @@ fn requests_signed_with_a_wrong_secret_are_refused() {
 
 // ----- a cluster in network namespaces --------------------------------------------------------
 
-/// A node's config.xml: cluster transport on its IP, discovery through extensions, reloaded
-/// every second, fast failure detection.
-fn node_config(ip: Ipv4Addr) -> String {
-    format!(
-        "<hivemq>
-  <listeners><tcp-listener><port>1883</port><bind-address>{ip}</bind-address></tcp-listener></listeners>
-  <cluster>
-    <enabled>true</enabled>
-    <transport><tcp><bind-address>{ip}</bind-address><bind-port>8000</bind-port></tcp></transport>
-    <discovery><extension><reload-interval>1</reload-interval></extension></discovery>
-    <failure-detection>
-      <heartbeat><enabled>true</enabled><interval>500</interval><timeout>2000</timeout></heartbeat>
-    </failure-detection>
-  </cluster>
-</hivemq>"
-    )
-}
-
 /// Starts node `i` (0-based) of `net` with the plugin installed: credentials from the
 /// environment (env.allow), or from its config file when `keys_in_file`.
 fn start_node(net: &Net, dir: &Path, s3: &S3Server, i: usize, keys_in_file: bool) -> Node {
@@ -433,7 +415,7 @@ fn start_node(net: &Net, dir: &Path, s3: &S3Server, i: usize, keys_in_file: bool
         &host.ns,
         host.ip,
         &node_dir,
-        &node_config(host.ip),
+        &hosts::extension_cluster_config(host.ip),
         &[
             ("APIARY_EXTENSIONS_DIR", extensions.to_str().unwrap()),
             ("APIARY_EXTENSION_CACHE_DIR", cache.to_str().unwrap()),

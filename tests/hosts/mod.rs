@@ -299,13 +299,25 @@ pub fn cluster_config(ip: Ipv4Addr, all: &[Ipv4Addr], health_check: bool) -> Str
         .iter()
         .map(|a| format!("<node><host>{a}</host><port>8000</port></node>"))
         .collect();
+    node_config(ip, &format!("<static>{nodes}</static>"), health_check)
+}
+
+/// A config whose only discovery is extensions, reloaded every second (until an extension
+/// asks for another interval), with the TCP health check.
+pub fn extension_cluster_config(ip: Ipv4Addr) -> String {
+    node_config(ip, "<extension><reload-interval>1</reload-interval></extension>", true)
+}
+
+/// A node's config.xml: MQTT on 1883 and the cluster transport on 8000 of `ip`, `discovery` (the
+/// content of `<discovery>`), quick failure detection.
+fn node_config(ip: Ipv4Addr, discovery: &str, health_check: bool) -> String {
     format!(
         "<hivemq>
   <listeners><tcp-listener><port>1883</port><bind-address>{ip}</bind-address></tcp-listener></listeners>
   <cluster>
     <enabled>true</enabled>
     <transport><tcp><bind-address>{ip}</bind-address><bind-port>8000</bind-port></tcp></transport>
-    <discovery><static>{nodes}</static></discovery>
+    <discovery>{discovery}</discovery>
     <failure-detection>
       <heartbeat><enabled>true</enabled><interval>500</interval><timeout>2000</timeout></heartbeat>
       <tcp-health-check><enabled>{health_check}</enabled></tcp-health-check>
