@@ -64,7 +64,7 @@ struct SharedGroup {
 }
 
 struct State {
-    sessions: HashMap<Arc<str>, Session>,
+    sessions: HashMap<Arc<str>, Box<Session>>,
     tree: TopicTree<Subscriber, SubscriptionRecord>,
     shared: HashMap<Arc<str>, SharedGroup>,
     retained: Retained,
@@ -384,7 +384,7 @@ impl Broker {
                 now,
             );
             let gone_for = Duration::from_millis(now.saturating_sub(session.disconnected_at_ms.unwrap_or(now)));
-            state.sessions.insert(client.clone(), session);
+            state.sessions.insert(client.clone(), Box::new(session));
             for (filter, record) in loaded.subscriptions {
                 add_subscription(&mut state, &client, filter, record);
             }
@@ -523,7 +523,7 @@ impl Broker {
         let session = state
             .sessions
             .entry(client.clone())
-            .or_insert_with(|| Session::new(client.clone(), req.expiry_interval));
+            .or_insert_with(|| Box::new(Session::new(client.clone(), req.expiry_interval)));
         let was_persistent = session.is_persistent();
         session.expiry_interval = req.expiry_interval;
         session.connection = Some(req.connection);
@@ -560,7 +560,7 @@ impl Broker {
             will: None,
         };
         let session = Session::restore(client.clone(), &record, outgoing, export.incoming_qos2, now);
-        state.sessions.insert(client.clone(), session);
+        state.sessions.insert(client.clone(), Box::new(session));
         for (filter, record) in export.subscriptions {
             add_subscription(state, client, filter, record);
         }
@@ -1370,7 +1370,8 @@ fn dispatch_shared(
             .map(|i| (group.next + i) % n)
             .filter(|&i| Some(&group.members[i]) != exclude)
     };
-    let pick = |want: fn(&Session) -> bool| candidates().find(|&i| sessions.get(&group.members[i]).is_some_and(want));
+    let pick =
+        |want: fn(&Session) -> bool| candidates().find(|&i| sessions.get(&group.members[i]).is_some_and(|s| want(s)));
     let chosen = pick(|s| s.has_window())
         .or_else(|| pick(|s| s.connection.is_some()))
         .or_else(|| pick(|s| s.is_persistent()));

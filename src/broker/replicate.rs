@@ -190,7 +190,7 @@ impl Broker {
         let session = Session::restore(client.clone(), &record, outgoing, incoming, now);
         let generation = session.generation;
         let expiry = session.expiry_interval;
-        state.sessions.insert(client.clone(), session);
+        state.sessions.insert(client.clone(), Box::new(session));
         for (filter, sub) in replica.subscriptions {
             add_subscription(&mut state, client, filter, sub);
         }

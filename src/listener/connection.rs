@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::outbox;
 use super::throttle::Throttled;
 use crate::broker::ClaimStamp;
 use crate::broker::message::{self, Message};
@@ -62,25 +64,129 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let settings = broker.settings().clone();
+    let throttle = broker.settings().restrictions.incoming_bandwidth_throttling;
     let (reader, mut writer) = tokio::io::split(stream);
-    let mut reader = Throttled::new(reader, settings.restrictions.incoming_bandwidth_throttling);
-    let mut rbuf = BytesMut::with_capacity(READ_IDLE);
+    let mut reader = Throttled::new(reader, throttle);
+    let mut rbuf = BytesMut::new();
+    let opened = open(
+        &mut reader,
+        &mut writer,
+        &mut rbuf,
+        peer,
+        broker,
+        admitted,
+        &mut shutdown,
+    )
+    .await;
+    let Some(mut conn) = opened else { return };
+    // Without `park`, `run` returns only to close.
+    let close = loop {
+        let rbuf = std::mem::take(&mut rbuf);
+        if let Some(close) = conn.run(&mut reader, &mut writer, rbuf, &mut shutdown, false).await {
+            break close;
+        }
+    };
+    conn.finish(close, &mut writer).await;
+}
+
+/// [`serve`] for a plain TCP socket, built to keep idle connections small: the task itself
+/// holds only the socket and the [`Connection`] state. The large futures (reading CONNECT,
+/// the packet loop with its buffers, closing) are boxed while they run, and the packet loop is
+/// dropped again once the connection has been quiet for [`IDLE_SHRINK`]; until the socket,
+/// the broker, the keep alive or a shutdown wakes it, the connection is parked.
+///
+/// Counts the connection against `max-connections` itself. Not an `async fn`: an async block
+/// uses the captured arguments in place, where an `async fn` would hold a second copy.
+#[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
+pub fn serve_tcp(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let admitted = broker.try_admit_connection();
+        let _release = admitted.then(|| ReleaseOnDrop(broker.clone()));
+        if broker.settings().restrictions.incoming_bandwidth_throttling > 0 {
+            // The token bucket lives in the reader; such connections take the general path.
+            return Box::pin(serve(stream, peer, broker, admitted, shutdown)).await;
+        }
+        let mut rbuf = BytesMut::new();
+        let opened = Box::pin(async {
+            let (mut reader, mut writer) = stream.split();
+            open(
+                &mut reader,
+                &mut writer,
+                &mut rbuf,
+                peer,
+                broker,
+                admitted,
+                &mut shutdown,
+            )
+            .await
+        })
+        .await;
+        let Some(mut conn) = opened else { return };
+        let close = loop {
+            // Nothing read and not handled yet: wait for work without the packet loop. Most
+            // clients send nothing right after CONNECT, so they park at once.
+            if rbuf.is_empty() {
+                rbuf = BytesMut::new();
+                if let Some(close) = conn.park(&stream, &mut shutdown).await {
+                    break close;
+                }
+            }
+            let rbuf = std::mem::take(&mut rbuf);
+            let ran = Box::pin(async {
+                let (mut reader, mut writer) = stream.split();
+                conn.run(&mut reader, &mut writer, rbuf, &mut shutdown, true).await
+            })
+            .await;
+            if let Some(close) = ran {
+                break close;
+            }
+        };
+        Box::pin(conn.finish(close, &mut stream)).await;
+    }
+}
+
+/// Gives the `max-connections` slot back when the connection's task ends, however it ends.
+struct ReleaseOnDrop(Arc<Broker>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release_connection();
+    }
+}
+
+/// Reads and answers the CONNECT: the [`Connection`] if the client is in, with any bytes
+/// read beyond the CONNECT left in `rbuf`.
+async fn open<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    rbuf: &mut BytesMut,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    admitted: bool,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Connection>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let settings = broker.settings();
     let idle = Duration::from_millis(settings.restrictions.no_connect_idle_timeout_ms);
 
     // The first packet must be CONNECT [MQTT-3.1.0-1], within the idle timeout. A shutdown
     // does not wait for it.
-    let first = tokio::time::timeout(
-        idle,
-        read_connect(&mut reader, &mut rbuf, settings.mqtt.max_packet_size),
-    );
+    let first = tokio::time::timeout(idle, read_connect(reader, rbuf, settings.mqtt.max_packet_size));
     let first = tokio::select! {
         first = first => first,
-        _ = shutdown.changed() => return,
+        _ = shutdown.changed() => return None,
     };
     let connect = match first {
         Ok(Ok(Some(c))) => c,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "closing before CONNECT: {e}");
             if let DecodeError::UnsupportedProtocolVersion(_) = e {
@@ -90,13 +196,13 @@ pub async fn serve<S>(
                     false,
                     Properties::default(),
                 );
-                let _ = write_packet(&mut writer, &refusal, ProtocolVersion::V311).await;
+                let _ = write_packet(writer, &refusal, ProtocolVersion::V311).await;
             }
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within {} ms, closing", idle.as_millis());
-            return;
+            return None;
         }
     };
     if !admitted {
@@ -105,20 +211,10 @@ pub async fn serve<S>(
             ProtocolVersion::V5 => reason::QUOTA_EXCEEDED,
             _ => mqtt::v3_connack::SERVER_UNAVAILABLE,
         };
-        let _ = write_packet(
-            &mut writer,
-            &connack(code, false, Properties::default()),
-            connect.protocol,
-        )
-        .await;
-        return;
+        let _ = write_packet(writer, &connack(code, false, Properties::default()), connect.protocol).await;
+        return None;
     }
-    let mut conn = match Connection::accept(connect, peer, broker, &mut writer).await {
-        Some(c) => c,
-        None => return,
-    };
-    let close = conn.run(&mut reader, &mut writer, rbuf, &mut shutdown).await;
-    conn.finish(close, &mut writer).await;
+    Connection::accept(connect, peer, broker, writer).await
 }
 
 async fn read_connect<R: AsyncRead + Unpin>(
@@ -185,6 +281,15 @@ impl Pending {
     }
 }
 
+/// Topic aliases [MQTT-3.3.2-12], made when a client first uses them.
+#[derive(Default)]
+struct Aliases {
+    /// Client → server.
+    incoming: HashMap<u16, String>,
+    /// Server → client; at most `alias_out_max`.
+    outgoing: HashMap<String, u16>,
+}
+
 struct Connection {
     broker: Arc<Broker>,
     client_id: Arc<str>,
@@ -192,18 +297,19 @@ struct Connection {
     peer: SocketAddr,
     version: ProtocolVersion,
     keep_alive: Duration,
+    /// No packet from the client by then ends the connection (1.5 times the keep alive)
+    /// [MQTT-3.1.2-24].
+    deadline: Instant,
     /// Session expiry asked for at CONNECT; a DISCONNECT may not raise it from 0 [MQTT-3.14.2-2].
     connect_expiry: u32,
     /// Whether reason strings and user properties may be sent on acks [MQTT-3.1.2-29].
     problem_information: bool,
-    rx: mpsc::UnboundedReceiver<Outbound>,
+    rx: outbox::Receiver<Outbound>,
     qos0_pending: Arc<AtomicUsize>,
     /// Packets waiting to be written, in order, each after its ticket.
     out: VecDeque<Pending>,
-    /// Client → server topic aliases [MQTT-3.3.2-12].
-    aliases_in: HashMap<u16, String>,
-    /// Server → client topic aliases, and how many the client allows.
-    aliases_out: HashMap<String, u16>,
+    aliases: Option<Box<Aliases>>,
+    /// How many server → client topic aliases the client allows.
     alias_out_max: u16,
     /// QoS 1/2 PUBLISHes received and not yet acknowledged (PUBACK / PUBCOMP), against our
     /// Receive Maximum [MQTT-3.3.4-9].
@@ -300,7 +406,7 @@ impl Connection {
             ka => ka.min(max_ka),
         };
 
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = outbox::channel();
         let qos0_pending = Arc::new(AtomicUsize::new(0));
         let id = broker.next_connection_id();
         let handle = ConnectionHandle {
@@ -428,14 +534,14 @@ impl Connection {
             peer,
             version,
             keep_alive: Duration::from_secs(u64::from(keep_alive)),
+            deadline: Instant::now() + grace(Duration::from_secs(u64::from(keep_alive))),
             connect_expiry: expiry,
             problem_information: settings.security.allow_request_problem_information
                 && props.request_problem_information.unwrap_or(1) == 1,
             rx,
             qos0_pending,
             out: VecDeque::new(),
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
+            aliases: None,
             alias_out_max: props.topic_alias_maximum.unwrap_or(0),
             incoming_unacked: 0,
             acks_pending: 0,
@@ -443,13 +549,18 @@ impl Connection {
         })
     }
 
+    /// Reads, handles and writes packets. Returns why to close; or, with `park`, `None` once
+    /// the connection has been quiet for [`IDLE_SHRINK`] with nothing buffered or queued (the
+    /// caller then drops this future and its buffers, and waits in [`Connection::park`]).
+    /// Without `park` a quiet connection only gives its buffers back.
     async fn run<R, W>(
         &mut self,
         reader: &mut R,
         writer: &mut W,
         mut rbuf: BytesMut,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Close
+        park: bool,
+    ) -> Option<Close>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -459,52 +570,54 @@ impl Connection {
         let mut wbuf = BytesMut::new();
         // Small reads until the client sends more than a small buffer holds.
         let mut idle = true;
-        // 1.5 times the keep alive without a packet ends the connection [MQTT-3.1.2-24].
-        let grace = self.keep_alive + self.keep_alive / 2;
-        let mut deadline = Instant::now() + grace;
+        let grace = grace(self.keep_alive);
         loop {
             // Handle every complete packet already buffered.
             loop {
                 match mqtt::decode(&mut rbuf, self.version, max_packet_size) {
                     Ok(Some(packet)) => {
-                        deadline = Instant::now() + grace;
+                        self.deadline = Instant::now() + grace;
                         if let Some(close) = self.handle(packet) {
                             self.flush(writer, &mut wbuf).await;
-                            return close;
+                            return Some(close);
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(client = %self.client_id, peer = %self.peer, "bad packet: {e}");
                         self.flush(writer, &mut wbuf).await;
-                        return Close::Error(e.reason_code(), "malformed or invalid packet");
+                        return Some(Close::Error(e.reason_code(), "malformed or invalid packet"));
                     }
                 }
             }
             // Take in whatever the broker sent meanwhile.
-            while let Ok(item) = self.rx.try_recv() {
+            while let Some(item) = self.rx.try_recv() {
                 if let Some(close) = self.take_outbound(item) {
                     self.flush(writer, &mut wbuf).await;
-                    return close;
+                    return Some(close);
                 }
             }
             if !self.flush(writer, &mut wbuf).await {
-                return Close::Lost;
+                return Some(Close::Lost);
             }
             let blocked_on = self.out.front().and_then(|p| p.ticket);
             // Taken out of the queue while we wait on it; put back if still pending.
             let mut replication = self.out.front_mut().and_then(|p| p.replicated.take());
             let may_read = self.acks_pending < receive_maximum;
+            let quiet = rbuf.is_empty() && self.out.is_empty();
             rbuf.reserve(if idle { READ_IDLE } else { READ_CHUNK });
             let room = rbuf.capacity() - rbuf.len();
-            let can_shrink = !idle && rbuf.is_empty() && self.out.is_empty();
+            let can_shrink = quiet && (park || !idle);
             tokio::select! {
                 read = reader.read_buf(&mut rbuf), if may_read => match read {
-                    Ok(0) | Err(_) => return Close::Lost,
+                    Ok(0) | Err(_) => return Some(Close::Lost),
                     // A full small read means traffic: read in large chunks from now on.
                     Ok(n) => idle &= n < room,
                 },
                 _ = tokio::time::sleep(IDLE_SHRINK), if can_shrink => {
+                    if park {
+                        return None;
+                    }
                     idle = true;
                     rbuf = BytesMut::new();
                     wbuf = BytesMut::new();
@@ -512,26 +625,45 @@ impl Connection {
                 item = self.rx.recv() => match item {
                     Some(item) => if let Some(close) = self.take_outbound(item) {
                         self.flush(writer, &mut wbuf).await;
-                        return close;
+                        return Some(close);
                     },
-                    None => return Close::Lost,
+                    None => return Some(Close::Lost),
                 },
                 _ = wait_replication(&mut replication) => replication = None,
                 committed = wait_ticket(&self.broker, blocked_on) => {
                     if let Err(e) = committed {
                         tracing::error!(client = %self.client_id, "{e}");
-                        return Close::Error(reason::UNSPECIFIED_ERROR, "persistence failed");
+                        return Some(Close::Error(reason::UNSPECIFIED_ERROR, "persistence failed"));
                     }
                 },
-                _ = tokio::time::sleep_until(deadline), if !self.keep_alive.is_zero() => {
+                _ = tokio::time::sleep_until(self.deadline), if !self.keep_alive.is_zero() => {
                     tracing::debug!(client = %self.client_id, "keep alive timeout");
-                    return Close::Error(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                    return Some(Close::Error(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout"));
                 },
-                _ = shutdown.changed() => return Close::Shutdown,
+                _ = shutdown.changed() => return Some(Close::Shutdown),
             }
             if let (Some(r), Some(front)) = (replication, self.out.front_mut()) {
                 front.replicated = Some(r);
             }
+        }
+    }
+
+    /// Waits, holding nothing but this state, until the socket is readable (or closed), the
+    /// broker queued something, the keep alive ran out or the broker shuts down. `None`:
+    /// there is work for [`Connection::run`].
+    async fn park(&mut self, stream: &TcpStream, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> Option<Close> {
+        // Whatever a burst left behind.
+        self.out = VecDeque::new();
+        self.rx.shrink();
+        let rx = &mut self.rx;
+        tokio::select! {
+            _ = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => None,
+            _ = std::future::poll_fn(|cx| rx.poll_ready(cx)) => None,
+            _ = tokio::time::sleep_until(self.deadline), if !self.keep_alive.is_zero() => {
+                tracing::debug!(client = %self.client_id, "keep alive timeout");
+                Some(Close::Error(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout"))
+            },
+            _ = shutdown.changed() => Some(Close::Shutdown),
         }
     }
 
@@ -607,12 +739,13 @@ impl Connection {
                     self.qos0_pending.fetch_sub(1, Ordering::Relaxed);
                 }
                 if self.version == ProtocolVersion::V5 && self.alias_out_max > 0 {
-                    if let Some(alias) = self.aliases_out.get(&p.topic) {
+                    let out = &mut self.aliases.get_or_insert_default().outgoing;
+                    if let Some(alias) = out.get(&p.topic) {
                         p.properties.topic_alias = Some(*alias);
                         p.topic = String::new();
-                    } else if self.aliases_out.len() < usize::from(self.alias_out_max) {
-                        let alias = self.aliases_out.len() as u16 + 1;
-                        self.aliases_out.insert(p.topic.clone(), alias);
+                    } else if out.len() < usize::from(self.alias_out_max) {
+                        let alias = out.len() as u16 + 1;
+                        out.insert(p.topic.clone(), alias);
                         p.properties.topic_alias = Some(alias);
                     }
                 }
@@ -720,13 +853,14 @@ impl Connection {
             if alias == 0 || alias > max {
                 return Some(Close::Error(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
             }
+            let incoming = &mut self.aliases.get_or_insert_default().incoming;
             if publish.topic.is_empty() {
-                match self.aliases_in.get(&alias) {
+                match incoming.get(&alias) {
                     Some(topic) => publish.topic = topic.clone(),
                     None => return Some(Close::Error(reason::PROTOCOL_ERROR, "unknown topic alias")),
                 }
             } else {
-                self.aliases_in.insert(alias, publish.topic.clone());
+                incoming.insert(alias, publish.topic.clone());
             }
         }
         if !mqtt::topic::valid_topic_name(&publish.topic)
@@ -871,6 +1005,11 @@ impl Connection {
     }
 }
 
+/// How long a client may stay silent: 1.5 times its keep alive [MQTT-3.1.2-24].
+fn grace(keep_alive: Duration) -> Duration {
+    keep_alive + keep_alive / 2
+}
+
 async fn wait_replication(replication: &mut Option<oneshot::Receiver<()>>) {
     match replication {
         Some(r) => {
@@ -884,5 +1023,48 @@ async fn wait_ticket(broker: &Broker, ticket: Option<Ticket>) -> Result<(), crat
     match ticket {
         Some(t) => broker.wait(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a function returns, without calling it.
+    fn future_size<A, F: std::future::Future>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Prints what an idle connection holds (`cargo test --release --lib sizes -- --nocapture`).
+    #[test]
+    fn sizes() {
+        use tokio::net::TcpStream;
+        type Args = (
+            TcpStream,
+            SocketAddr,
+            Arc<Broker>,
+            bool,
+            tokio::sync::watch::Receiver<bool>,
+        );
+        let general = future_size(|(s, p, b, a, w): Args| serve(s, p, b, a, w));
+        println!("serve::<TcpStream> future: {general} B");
+        let tcp = future_size(|(s, p, b, _, w): Args| serve_tcp(s, p, b, w));
+        println!("serve_tcp future: {tcp} B");
+        type ParkArgs = (
+            &'static mut Connection,
+            &'static TcpStream,
+            &'static mut tokio::sync::watch::Receiver<bool>,
+        );
+        let park = future_size(|(c, s, w): ParkArgs| c.park(s, w));
+        println!("park future: {park} B");
+        println!("Connection: {} B", std::mem::size_of::<Connection>());
+        println!("Session: {} B", std::mem::size_of::<crate::broker::session::Session>());
+        println!("ConnectionHandle: {} B", std::mem::size_of::<ConnectionHandle>());
+        println!("Outbound: {} B", std::mem::size_of::<Outbound>());
+        println!("Packet: {} B", std::mem::size_of::<Packet>());
+        println!("Pending: {} B", std::mem::size_of::<Pending>());
+        println!("TcpStream: {} B", std::mem::size_of::<TcpStream>());
+        println!("Sleep: {} B", std::mem::size_of::<tokio::time::Sleep>());
+        println!("SocketAddr: {} B", std::mem::size_of::<SocketAddr>());
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod keystore;
+pub mod outbox;
 pub mod throttle;
 pub mod tls;
 pub mod websocket;
@@ -111,14 +112,23 @@ pub async fn serve(bound: Bound, broker: Arc<Broker>, shutdown: watch::Receiver<
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(handle(
-                        stream,
-                        peer,
-                        bound.transport.clone(),
-                        name.clone(),
-                        broker.clone(),
-                        shutdown.clone(),
-                    ));
+                    // Plain TCP gets its own small task (see `connection::serve_tcp`); the
+                    // other transports' tasks hold their handshake and stream types.
+                    match &bound.transport {
+                        Transport::Tcp => {
+                            connections.spawn(connection::serve_tcp(stream, peer, broker.clone(), shutdown.clone()));
+                        }
+                        transport => {
+                            connections.spawn(Box::pin(handle(
+                                stream,
+                                peer,
+                                transport.clone(),
+                                name.clone(),
+                                broker.clone(),
+                                shutdown.clone(),
+                            )));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait and retry, never give up the port.
@@ -147,9 +157,7 @@ async fn handle(
     // The HTTP upgrade is bounded like the wait for CONNECT.
     let upgrade_timeout = Duration::from_millis(broker.settings().restrictions.no_connect_idle_timeout_ms);
     match transport {
-        // Each transport's future is boxed: the task then holds only the one in use, not the
-        // largest (TLS state is several KiB), which keeps idle connections small.
-        Transport::Tcp => Box::pin(mqtt(stream, peer, broker, shutdown)).await,
+        Transport::Tcp => connection::serve_tcp(stream, peer, broker, shutdown).await,
         Transport::Tls(acceptor) => {
             let tls = tokio::select! {
                 tls = Box::pin(acceptor.accept(stream, peer, &listener)) => tls,
