@@ -6,11 +6,14 @@
 mod common;
 mod hosts;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use apiary::mqtt::{Disconnect, Packet, Properties, ProtocolVersion, PubResponse, QoS, Subscribe, SubscriptionOptions};
 use common::{RawClient, connect_packet, publish_packet};
+use hosts::checker::{self, Checker};
 use hosts::{Net, Node, cluster_config};
 
 const START: Duration = Duration::from_secs(30);
@@ -306,4 +309,153 @@ async fn losing_more_nodes_than_replicas_is_a_disaster_warning() {
         1,
         "one warning per burst"
     );
+}
+
+/// How many sessions of a dead node `node` took over so far (its `took over N` log lines).
+fn taken_over(node: &Node) -> usize {
+    node.log_text()
+        .lines()
+        .filter_map(|l| l.split("took over ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<usize>().ok())
+        .sum()
+}
+
+/// A QoS 1 publisher of `topic` that keeps going until `stop` (at most `limit` messages, 10
+/// unacknowledged at most, one every 2 ms), recording each PUBACK in `check`.
+fn continuous_publisher(
+    mut publ: RawClient,
+    name: &'static str,
+    topic: &'static str,
+    limit: u64,
+    check: Arc<Checker>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut in_flight: HashMap<u16, u64> = HashMap::new();
+        let mut next = 0u64;
+        loop {
+            let stopping = stop.load(Ordering::Relaxed) || next >= limit;
+            if stopping && in_flight.is_empty() {
+                return next;
+            }
+            if !stopping && in_flight.len() < 10 {
+                let pid = (next % 60_000 + 1) as u16;
+                let payload = checker::payload(name, next);
+                publ.send(&publish_packet(topic, QoS::AtLeastOnce, pid, false, &payload))
+                    .await;
+                in_flight.insert(pid, next);
+                next += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let wait = if stopping || in_flight.len() >= 10 {
+                Duration::from_secs(20)
+            } else {
+                Duration::from_millis(1)
+            };
+            match publ.recv_within(wait).await {
+                Ok(Some(Packet::PubAck(ack))) => {
+                    assert!(ack.reason < 0x80, "{ack:?}");
+                    let n = in_flight.remove(&ack.packet_id).expect("a PUBACK for a packet sent");
+                    check.acked(name, topic, n, 1, false);
+                }
+                Ok(other) => panic!("{name}: expected PUBACK, got {other:?}"),
+                Err(_) if stopping || in_flight.len() >= 10 => panic!("{name}: no PUBACK within 20 s"),
+                Err(_) => {}
+            }
+        }
+    })
+}
+
+/// Receives (and acknowledges) messages on `sub` until nothing acknowledged matching `filter`
+/// is missing, recording them in `check`; fails after `timeout`.
+async fn receive_until_complete(sub: &mut RawClient, id: &str, filter: &str, check: &Checker, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !check.missing(id, filter).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{id}: {} acknowledged message(s) missing after {timeout:?}, first {:?}",
+            check.missing(id, filter).len(),
+            check.missing(id, filter).first()
+        );
+        match sub.recv_within(Duration::from_millis(500)).await {
+            Ok(Some(Packet::Publish(p))) => {
+                if p.qos != QoS::AtMostOnce {
+                    puback(sub, p.packet_id).await;
+                }
+                check.delivered(id, &p.topic, &p.payload, p.qos as u8);
+            }
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => panic!("{id}: the server closed the connection"),
+        }
+    }
+}
+
+/// (e) The takeover window: a publisher on node 2 keeps publishing at QoS 1 while node 1,
+/// home of four offline persistent sessions, is killed. Every message acknowledged to the
+/// publisher — also those published between the death and the heirs' takeover — reaches
+/// every session, in order (QoS 1 duplicates allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_during_the_takeover_of_a_dead_nodes_sessions_are_not_lost() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&net, dir.path());
+    let ids: Vec<String> = (0..4).map(|i| format!("window-{i}")).collect();
+    let (mut publ, _) = RawClient::connect(nodes[1].mqtt, connect_packet(ProtocolVersion::V5, "pub", true)).await;
+    for id in &ids {
+        let (mut sub, _) = persistent(nodes[0].mqtt, id, 10).await;
+        subscribe(&mut sub, "rep/#").await;
+        await_route(&mut publ, &mut sub, "rep/probe").await;
+        sub.send(&Packet::Disconnect(Disconnect {
+            reason: 0,
+            properties: Properties::default(),
+        }))
+        .await;
+        assert!(sub.recv().await.is_none());
+    }
+    // Probe acknowledgements still on their way: read them before the publisher starts.
+    while let Ok(Some(p)) = publ.recv_within(Duration::from_millis(300)).await {
+        assert!(matches!(p, Packet::PubAck(_)), "{p:?}");
+    }
+
+    let check = Arc::new(Checker::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = continuous_publisher(publ, "pub", "rep/data", 900, check.clone(), stop.clone());
+    let deadline = Instant::now() + START;
+    while check.acked_count() < 100 {
+        assert!(Instant::now() < deadline, "the publisher got no PUBACKs");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = check.acked_count();
+    let down = Instant::now();
+    nodes[0].kill();
+    while taken_over(&nodes[1]) + taken_over(&nodes[2]) < ids.len() {
+        assert!(Instant::now() < deadline, "the sessions were not taken over");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "sessions taken over {:?} after the kill (node 2: {}, node 3: {}); {} PUBACKs then",
+        down.elapsed(),
+        taken_over(&nodes[1]),
+        taken_over(&nodes[2]),
+        check.acked_count() - killed_at
+    );
+    let after = check.acked_count();
+    while check.acked_count() < after + 100 {
+        assert!(Instant::now() < deadline, "the publisher stalled after the takeover");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.await.unwrap();
+    eprintln!("{sent} published, {} acknowledged", check.acked_count());
+
+    for id in &ids {
+        let (mut sub, present) = persistent(nodes[2].mqtt, id, 10).await;
+        assert!(present, "{id}: the session was found");
+        receive_until_complete(&mut sub, id, "rep/#", &check, Duration::from_secs(15)).await;
+        let (deliveries, duplicates) = check.check_subscriber(id, "rep/#");
+        eprintln!("{id}: all acknowledged messages arrived ({deliveries} deliveries, {duplicates} duplicates)");
+    }
 }

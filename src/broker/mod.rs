@@ -13,7 +13,7 @@ pub mod retained;
 pub mod session;
 pub mod topic_tree;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -230,6 +230,9 @@ enum Origin<'a> {
         /// A redelivery to shared groups only.
         shared_only: bool,
     },
+    /// Parked by another node while a dead node's sessions were taken over: for the sessions
+    /// this node adopted from it only (see `cluster::takeover`).
+    Heir { clients: &'a HashSet<Arc<str>> },
 }
 
 /// How a connection ended.
@@ -772,6 +775,16 @@ impl Broker {
         self.finish(&mut state, effects, Vec::new())
     }
 
+    /// A message parked by another node while the sessions of a dead node were taken over:
+    /// delivered to those of `clients` (the sessions adopted from it) that match. Returns the
+    /// ticket backing the copies, like [`Broker::publish_from_peer`].
+    pub fn publish_to_clients(self: &Arc<Self>, message: Message, clients: &HashSet<Arc<str>>) -> Ticket {
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        self.route(&mut state, Arc::new(message), Origin::Heir { clients }, &mut effects);
+        self.finish(&mut state, effects, Vec::new())
+    }
+
     /// A shared-group message whose member's node left before settling it: it goes to
     /// another member of each group (here or on another node).
     pub fn redeliver_shared(self: &Arc<Self>, message: Message, groups: Vec<Arc<str>>) {
@@ -987,6 +1000,10 @@ impl Broker {
                 if shared_only {
                     direct.clear();
                 }
+            }
+            (Origin::Heir { clients }, _) => {
+                direct.retain(|c, _| clients.contains(c));
+                groups.clear();
             }
             _ => {}
         }

@@ -2,14 +2,15 @@
 //! (from [`Broker::finish`]), moving copies when the membership changes, and turning a dead
 //! node's session copy into a session here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::message::now_ms;
+use super::message::{Message, now_ms};
 use super::session::{Effects, Session};
-use super::{Broker, State, Timer, add_subscription};
+use super::{Broker, Origin, State, Timer, add_subscription};
 use crate::cluster::replication::{Replica, SessionOp};
+use crate::store::Ticket;
 use crate::store::records::{OutgoingRecord, SessionRecord};
 
 /// Sessions whose copies are moved per lock acquisition while rebalancing.
@@ -163,51 +164,91 @@ impl Broker {
         }
     }
 
-    /// Turns the copy of a session whose home node is gone into a session here: disconnected,
-    /// with its subscriptions (so it receives new messages), its queue and its in-flight state
-    /// (resent with DUP when the client reconnects), then replicated to new backups. Returns
-    /// false if the client id already has a session here (it connected here meanwhile).
-    pub fn adopt_replica(self: &Arc<Self>, client: &Arc<str>, replica: Replica) -> bool {
+    /// Turns the copies of sessions whose home node is gone into sessions here, under one
+    /// hold of the broker lock: disconnected, with their subscriptions (so they receive new
+    /// messages), their queues and in-flight state (resent with DUP when the client reconnects),
+    /// then replicated to new backups. A client id that has a session here already (it
+    /// connected here meanwhile) keeps it.
+    ///
+    /// Still under the lock, `flush` gets the clients adopted and returns messages parked
+    /// elsewhere in the meantime (see `cluster::takeover`), which are delivered to those
+    /// sessions only: no publish can come between the adoption and their delivery.
+    ///
+    /// Returns the clients adopted, the new local route filters (which the caller announces
+    /// instead of the usual `RoutesAdded`), and the store ticket backing it all.
+    pub fn adopt_replicas(
+        self: &Arc<Self>,
+        replicas: Vec<(Arc<str>, Replica)>,
+        flush: impl FnOnce(&HashSet<Arc<str>>) -> Vec<Message>,
+    ) -> (HashSet<Arc<str>>, Vec<String>, Ticket) {
         let now = now_ms();
         let mut state = self.lock();
-        if state.sessions.contains_key(client) {
-            tracing::info!(%client, "a replicated session was not taken over: the client is here already");
-            return false;
-        }
-        let record = match replica.record {
-            Some(r) => SessionRecord {
-                disconnected_at_ms: Some(r.disconnected_at_ms.unwrap_or(now)),
-                will: None,
-                ..r
-            },
-            None => {
-                tracing::warn!(%client, "the replica of a session had no session record: not taken over");
-                return false;
-            }
-        };
-        let outgoing: Vec<(u64, OutgoingRecord)> = replica.outgoing.into_values().map(|r| (state.seq(), r)).collect();
-        let incoming: Vec<u16> = replica.incoming_qos2.into_iter().collect();
-        let session = Session::restore(client.clone(), &record, outgoing, incoming, now);
-        let generation = session.generation;
-        let expiry = session.expiry_interval;
-        state.sessions.insert(client.clone(), Box::new(session));
-        for (filter, sub) in replica.subscriptions {
-            add_subscription(&mut state, client, filter, sub);
-        }
         let mut effects = Effects::default();
         let mut timers = Vec::new();
-        if let Some(session) = state.sessions.get(client) {
-            effects.ops.extend(session.full_record_ops());
+        let mut adopted = HashSet::new();
+        for (client, replica) in replicas {
+            if adopt(&mut state, &client, replica, now, &mut effects, &mut timers) {
+                adopted.insert(client);
+            }
         }
-        if expiry != u32::MAX {
-            let gone_for = Duration::from_millis(now.saturating_sub(record.disconnected_at_ms.unwrap_or(now)));
-            timers.push(Timer::Expiry {
-                client: client.clone(),
-                generation,
-                after: Duration::from_secs(u64::from(expiry)).saturating_sub(gone_for),
-            });
+        // Announced by the caller, with the takeover report.
+        let filters = std::mem::take(&mut state.route_changes.0);
+        for message in flush(&adopted) {
+            self.route(
+                &mut state,
+                Arc::new(message),
+                Origin::Heir { clients: &adopted },
+                &mut effects,
+            );
         }
-        self.finish(&mut state, effects, timers);
-        true
+        let ticket = self.finish(&mut state, effects, timers);
+        (adopted, filters, ticket)
     }
+}
+
+/// Adds the session of `client` from its replica to `state` (see [`Broker::adopt_replicas`]).
+fn adopt(
+    state: &mut State,
+    client: &Arc<str>,
+    replica: Replica,
+    now: u64,
+    effects: &mut Effects,
+    timers: &mut Vec<Timer>,
+) -> bool {
+    if state.sessions.contains_key(client) {
+        tracing::info!(%client, "a replicated session was not taken over: the client is here already");
+        return false;
+    }
+    let record = match replica.record {
+        Some(r) => SessionRecord {
+            disconnected_at_ms: Some(r.disconnected_at_ms.unwrap_or(now)),
+            will: None,
+            ..r
+        },
+        None => {
+            tracing::warn!(%client, "the replica of a session had no session record: not taken over");
+            return false;
+        }
+    };
+    let outgoing: Vec<(u64, OutgoingRecord)> = replica.outgoing.into_values().map(|r| (state.seq(), r)).collect();
+    let incoming: Vec<u16> = replica.incoming_qos2.into_iter().collect();
+    let session = Session::restore(client.clone(), &record, outgoing, incoming, now);
+    let generation = session.generation;
+    let expiry = session.expiry_interval;
+    state.sessions.insert(client.clone(), Box::new(session));
+    for (filter, sub) in replica.subscriptions {
+        add_subscription(state, client, filter, sub);
+    }
+    if let Some(session) = state.sessions.get(client) {
+        effects.ops.extend(session.full_record_ops());
+    }
+    if expiry != u32::MAX {
+        let gone_for = Duration::from_millis(now.saturating_sub(record.disconnected_at_ms.unwrap_or(now)));
+        timers.push(Timer::Expiry {
+            client: client.clone(),
+            generation,
+            after: Duration::from_secs(u64::from(expiry)).saturating_sub(gone_for),
+        });
+    }
+    true
 }

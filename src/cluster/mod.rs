@@ -9,6 +9,7 @@
 //! - [`hlc`]: the hybrid logical clock that versions replicated writes (newest version wins).
 //! - [`placement`]: which nodes keep the copies of a persistent session (rendezvous hashing).
 //! - [`replication`]: session ops, the copies kept for other nodes, and acknowledgement waits.
+//! - [`takeover`]: messages parked while a dead node's sessions are taken over by their heirs.
 //!
 //! One core task owns the membership and applies every event in order; the broker talks to the
 //! cluster through [`Cluster`]'s methods, which never block.
@@ -19,6 +20,7 @@ pub mod node_id;
 pub mod placement;
 pub mod replication;
 pub mod routes;
+pub mod takeover;
 pub mod transport;
 pub mod wire;
 
@@ -39,6 +41,7 @@ use crate::store::{StoreOp, Ticket};
 use membership::{Change, FailureDetection, Membership};
 use replication::{Kind, Replica, Replicas, SessionOp, Waits};
 use routes::RemoteRoutes;
+use takeover::{Outcome, Takeovers, takeover_id};
 use transport::Outbox;
 
 /// A node's cluster id.
@@ -182,6 +185,11 @@ pub struct Cluster {
     waits_changed: watch::Sender<u64>,
     /// Copies of other nodes' persistent sessions.
     replicas: Mutex<Replicas>,
+    /// Takeovers of dead nodes' sessions in progress (lock order: `routes`, then this, then
+    /// `waits`).
+    takeovers: Mutex<Takeovers>,
+    /// The sessions this node adopted from each dead node, for its `TakeoverForward`s.
+    adopted_from: Mutex<HashMap<NodeId, HashSet<Arc<str>>>>,
     stopping: AtomicBool,
     /// Turns true when the node leaves: the listener, dialers and core stop.
     pub(crate) stop: watch::Sender<bool>,
@@ -223,6 +231,8 @@ impl Cluster {
             waits: Mutex::new(Waits::default()),
             waits_changed: watch::channel(0).0,
             replicas: Mutex::new(Replicas::default()),
+            takeovers: Mutex::new(Takeovers::default()),
+            adopted_from: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             stop: watch::channel(false).0,
             joined,
@@ -320,10 +330,10 @@ impl Cluster {
         only_groups: Option<&[Arc<str>]>,
         acks: &mut Vec<u64>,
     ) -> (bool, Vec<Arc<str>>) {
-        let (direct, mut remote_groups) = {
-            let routes = read(&self.routes);
-            (routes.nodes_for(&message.topic), routes.shared_for(&message.topic))
-        };
+        // Held to the end: a takeover report changes routes and flushes parked messages
+        // under the write lock, so a message is either parked before it or routed after it.
+        let routes = read(&self.routes);
+        let (direct, mut remote_groups) = (routes.nodes_for(&message.topic), routes.shared_for(&message.topic));
         let shared_only = only_groups.is_some();
         if let Some(only) = only_groups {
             remote_groups.retain(|(g, _)| only.contains(g));
@@ -357,7 +367,20 @@ impl Cluster {
             local = local_groups.to_vec();
         }
         let forwarded = !per_node.is_empty();
+        let targets: Vec<NodeId> = per_node.keys().cloned().collect();
+        let mut takeovers = lock(&self.takeovers);
         for (node, shared_groups) in per_node {
+            if takeovers.is_takeover_id(&node) {
+                // A dead node's routes: the message waits for its sessions' heirs.
+                if message.qos > 0 && takeovers.parking(&node).is_some() {
+                    let seq = self.next_seq();
+                    lock(&self.waits).open(seq, Kind::Forward, std::iter::once(node.clone()));
+                    if takeovers.park(&node, seq, message.clone()) {
+                        acks.push(seq);
+                    }
+                }
+                continue;
+            }
             let outbox = self.outbox(&node);
             if message.qos == 0 && outbox.queued_bytes.load(Ordering::Relaxed) > MAX_QUEUED_QOS0_BYTES {
                 tracing::debug!(%node, "peer is slow: QoS 0 forward dropped");
@@ -379,6 +402,8 @@ impl Cluster {
             let forward = if message.qos > 0 && self.peer_version(&node) >= 3 {
                 let seq = self.request(Kind::Forward, std::iter::once(node.clone()));
                 acks.push(seq);
+                let others = targets.iter().filter(|n| **n != node).cloned().collect();
+                takeovers.track(seq, node.clone(), message.clone(), others);
                 wire::Message::ForwardAcked {
                     seq,
                     message: message.clone(),
@@ -396,6 +421,8 @@ impl Cluster {
             };
             outbox.push(Arc::new(wire::frame(&forward)));
         }
+        drop(takeovers);
+        drop(routes);
         (forwarded, local)
     }
 
@@ -465,10 +492,15 @@ impl Cluster {
 
     /// Opens a request that `nodes` (those still alive) must acknowledge; returns its number.
     fn request(&self, kind: Kind, nodes: impl Iterator<Item = NodeId>) -> u64 {
-        let seq = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = self.next_seq();
         let alive: HashSet<NodeId> = self.alive_peers().into_iter().collect();
         lock(&self.waits).open(seq, kind, nodes.filter(|n| alive.contains(n)));
         seq
+    }
+
+    /// A new request number (`SessionOps`, `ForwardAcked`, `TakeoverForward`).
+    fn next_seq(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Sends session ops for `client` to `backups`; returns the request to bind to a ticket.
@@ -580,24 +612,154 @@ impl Cluster {
         Some(replica)
     }
 
-    /// A home node is gone: the copies we are heir to become sessions here (and get new
-    /// backups from the broker).
-    fn promote_orphans(self: &Arc<Self>, gone: &NodeId) {
-        let started = Instant::now();
-        let clients = lock(&self.replicas).orphans(&self.me, &self.alive_set());
-        if clients.is_empty() {
-            return;
+    /// A node is gone: its routes stay, under its takeover id, until every live peer that
+    /// speaks protocol 4 (in `peers`, this node included) reported its takeover; forwards to it
+    /// that it never acknowledged are parked for its heirs (see [`takeover`]).
+    fn begin_takeover(&self, gone: &NodeId, peers: HashSet<NodeId>) {
+        let id = takeover_id(gone);
+        let mut routes = write(&self.routes);
+        let filters = routes.plain_filters_of(gone);
+        routes.drop_node(gone);
+        routes.drop_node(&id);
+        routes.add(&id, filters);
+        let mut takeovers = lock(&self.takeovers);
+        let (moved, out) = takeovers.begin(gone, peers, Instant::now(), &mut || self.next_seq());
+        if !moved.is_empty() {
+            tracing::info!(node = %gone, count = moved.len(), "forwards the node never acknowledged wait for its sessions' heirs");
         }
-        let mut promoted = 0;
-        for client in &clients {
-            if let Some(replica) = self.take_orphan(client) {
-                promoted += usize::from(self.broker.adopt_replica(client, replica));
+        {
+            let mut waits = lock(&self.waits);
+            for seq in moved {
+                waits.retarget(seq, gone, id.clone());
             }
         }
-        tracing::info!(
-            "took over {promoted} persistent session(s) of node {gone} from their replicas in {}ms",
-            started.elapsed().as_millis()
-        );
+        drop(takeovers);
+        self.settle(out);
+        drop(routes);
+    }
+
+    /// Carries out a takeover outcome: parked messages to the heirs that adopted sessions
+    /// (this node's own are delivered by [`Cluster::promote_orphans`]), and the publishers'
+    /// acknowledgements that waited for them.
+    fn settle(&self, out: Outcome) {
+        for flush in out.flush {
+            if flush.to == self.me {
+                continue;
+            }
+            let forward = wire::Message::TakeoverForward {
+                seq: flush.child,
+                gone: flush.gone.to_string(),
+                message: flush.message,
+            };
+            self.send(&flush.to, &forward);
+        }
+        if !out.release.is_empty() {
+            let mut changed = false;
+            {
+                let mut waits = lock(&self.waits);
+                for (id, seq) in out.release {
+                    changed |= waits.ack(&id, seq);
+                }
+            }
+            if changed {
+                self.waits_changed.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
+    /// A home node is gone: the copies we are heir to become sessions here (and get new
+    /// backups from the broker), the messages parked for them here meanwhile are delivered to
+    /// them, and every peer is told (`TakeoverDone`, with the routes of the adopted sessions).
+    /// Returns the new local route filters.
+    fn promote_orphans(self: &Arc<Self>, gone: &NodeId) -> Vec<String> {
+        let started = Instant::now();
+        let clients = lock(&self.replicas).orphans(&self.me, &self.alive_set());
+        let replicas: Vec<(Arc<str>, Replica)> = clients
+            .into_iter()
+            .filter_map(|c| self.take_orphan(&c).map(|r| (c, r)))
+            .collect();
+        let mut local = Vec::new();
+        let (adopted, filters, ticket) = self.broker.adopt_replicas(replicas, |adopted| {
+            // Under the broker lock, then the route table's: no publish in between.
+            let routes = write(&self.routes);
+            let out = lock(&self.takeovers).reported(gone, &self.me, !adopted.is_empty(), &mut || self.next_seq());
+            let mut messages = Vec::new();
+            for flush in &out.flush {
+                if flush.to == self.me {
+                    local.push(flush.child);
+                    messages.push(flush.message.clone());
+                }
+            }
+            self.settle(out);
+            drop(routes);
+            messages
+        });
+        if !local.is_empty() {
+            // Released once stored here and at the adopted sessions' backups.
+            let cluster = self.clone();
+            tokio::spawn(async move {
+                if let Some(store) = cluster.broker.store()
+                    && ticket > 0
+                    && let Err(e) = store.wait(ticket).await
+                {
+                    tracing::error!("parked messages for adopted sessions were not stored: {e}");
+                    return;
+                }
+                cluster.wait_replicated(ticket, Kind::Session).await;
+                for child in local {
+                    let out = lock(&cluster.takeovers).acked(child);
+                    cluster.settle(out);
+                }
+            });
+        }
+        let sessions = adopted.len();
+        lock(&self.adopted_from).insert(gone.clone(), adopted);
+        self.broadcast(&wire::Message::TakeoverDone {
+            gone: gone.to_string(),
+            filters: filters.clone(),
+            sessions: u32::try_from(sessions).unwrap_or(u32::MAX),
+        });
+        if sessions > 0 {
+            tracing::info!(
+                "took over {sessions} persistent session(s) of node {gone} from their replicas in {}ms",
+                started.elapsed().as_millis()
+            );
+        }
+        filters
+    }
+
+    /// A peer reported its takeover of `gone`'s sessions: its routes for them go in, and the
+    /// messages parked for it go out, under the route table's write lock (see [`takeover`]).
+    fn takeover_reported(&self, node: &NodeId, gone: &str, filters: Vec<String>, sessions: u32) {
+        let gone: NodeId = Arc::from(gone);
+        let mut routes = write(&self.routes);
+        routes.add(node, filters);
+        let out = lock(&self.takeovers).reported(&gone, node, sessions > 0, &mut || self.next_seq());
+        self.settle(out);
+        drop(routes);
+    }
+
+    /// Every tick: takeovers whose reports never came are given up (their parked messages
+    /// released), and the routes of finished ones dropped.
+    fn takeover_tick(&self) {
+        let limit = self
+            .settings
+            .detection
+            .heartbeat_timeout
+            .unwrap_or(Duration::from_secs(10))
+            + Duration::from_secs(5);
+        let mut routes = write(&self.routes);
+        let mut takeovers = lock(&self.takeovers);
+        let (given_up, out) = takeovers.expire(Instant::now(), limit);
+        for gone in given_up {
+            tracing::warn!(node = %gone, "not every node reported its takeover of the sessions of a dead node within {}ms; parked messages are released", limit.as_millis());
+        }
+        for id in takeovers.take_ended() {
+            routes.drop_node(&id);
+        }
+        drop(takeovers);
+        self.settle(out);
+        drop(routes);
     }
 
     /// Membership changed: the broker moves its sessions' copies to their new backups, from
@@ -947,6 +1109,7 @@ impl Core {
                 for change in self.membership.tick(now) {
                     self.apply(change);
                 }
+                self.cluster.takeover_tick();
                 self.ticks += 1;
                 // Anti-entropy every ~10 heartbeat intervals.
                 if self.ticks.is_multiple_of(20) {
@@ -1017,7 +1180,30 @@ impl Core {
                     .publish_from_peer(message, &shared_groups, origin, shared_only);
                 cluster.send_after(node, ticket, Some(Kind::Session), wire::Message::ForwardAck { seq });
             }
-            wire::Message::ForwardAck { seq } | wire::Message::SessionOpsAck { seq } => cluster.acked(&node, Some(seq)),
+            wire::Message::SessionOpsAck { seq } => cluster.acked(&node, Some(seq)),
+            wire::Message::ForwardAck { seq } => {
+                cluster.acked(&node, Some(seq));
+                let out = lock(&cluster.takeovers).acked(seq);
+                cluster.settle(out);
+            }
+            wire::Message::TakeoverDone {
+                gone,
+                filters,
+                sessions,
+            } => {
+                for f in &filters {
+                    tracing::trace!(%node, filter = %f, "route of a session taken over");
+                }
+                cluster.takeover_reported(&node, &gone, filters, sessions);
+            }
+            wire::Message::TakeoverForward { seq, gone, message } => {
+                let clients = lock(&cluster.adopted_from)
+                    .get(gone.as_str())
+                    .cloned()
+                    .unwrap_or_default();
+                let ticket = cluster.broker.publish_to_clients(message, &clients);
+                cluster.send_after(node, ticket, Some(Kind::Session), wire::Message::ForwardAck { seq });
+            }
             wire::Message::SessionOps { seq, client, ops } => cluster.apply_session_ops(node, seq, client, ops),
             wire::Message::SharedSettled { forward_id, group } => cluster.settle_pending(&node, forward_id, &group),
             wire::Message::RetainedPut { seq, entry } => {
@@ -1090,6 +1276,7 @@ impl Core {
                     );
                 }
                 tracing::info!(%node, "node joined the cluster ({})", self.membership.address_of(&node).unwrap_or("?"));
+                lock(&self.cluster.adopted_from).remove(&node);
                 self.publish_alive();
                 // Our state for the peer, then the marker that it is complete.
                 let cluster = &self.cluster;
@@ -1120,14 +1307,24 @@ impl Core {
             Change::Down { node, why } => {
                 tracing::warn!(%node, "node left the cluster: {why}");
                 self.cluster.outbox(&node).reset.send_modify(|g| *g += 1);
-                write(&self.cluster.routes).drop_node(&node);
+                let mut peers: HashSet<NodeId> = self
+                    .membership
+                    .alive()
+                    .filter(|n| **n != node && self.cluster.peer_version(n) >= 4)
+                    .cloned()
+                    .collect();
+                peers.insert(self.cluster.me.clone());
+                self.cluster.begin_takeover(&node, peers);
                 self.syncing.remove(&node);
                 self.synced_early.remove(&node);
                 self.publish_alive();
                 self.cluster.ack_retained(&node, None);
                 self.cluster.acked(&node, None);
+                let out = lock(&self.cluster.takeovers).node_gone(&node);
+                self.cluster.settle(out);
                 self.detect_disaster(now_instant());
-                self.cluster.promote_orphans(&node);
+                let filters = self.cluster.promote_orphans(&node);
+                self.local_filters.extend(filters);
                 self.cluster.rebalance();
                 self.cluster.claim_answered(&node, None, None);
                 self.take_over_wills(&node, why);

@@ -240,6 +240,16 @@ impl Waits {
         }
     }
 
+    /// Request `seq` now waits for `to` instead of `from` (a forward to a dead node that is
+    /// parked for its heirs: see [`super::takeover`]).
+    pub fn retarget(&mut self, seq: u64, from: &NodeId, to: NodeId) {
+        if let Some((_, nodes, _)) = self.requests.get_mut(&seq)
+            && nodes.remove(from)
+        {
+            nodes.insert(to);
+        }
+    }
+
     /// `node` acknowledged `seq`. Returns whether a ticket may have become done.
     pub fn ack(&mut self, node: &NodeId, seq: u64) -> bool {
         let Some((_, nodes, _)) = self.requests.get_mut(&seq) else {

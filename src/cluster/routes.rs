@@ -50,6 +50,19 @@ impl RemoteRoutes {
         self.add(node, filters);
     }
 
+    /// The plain (not shared) filters known for `node`.
+    pub fn plain_filters_of(&self, node: &NodeId) -> Vec<String> {
+        self.by_node
+            .get(node)
+            .map(|set| {
+                set.iter()
+                    .filter(|f| !matches!(crate::mqtt::topic::parse_shared(f), Ok(Some(_))))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Forgets a node that left the cluster.
     pub fn drop_node(&mut self, node: &NodeId) {
         if let Some(set) = self.by_node.remove(node) {

@@ -14,6 +14,10 @@
 //!   by [`Message::SessionOpsAck`]), and a QoS 1/2 forward asks the receiver to confirm that it
 //!   stored the message ([`Message::ForwardAcked`], [`Message::ForwardAck`]). A version 2 peer
 //!   gets plain `Forward`s, is never chosen as a backup, and is sent no session ops.
+//! - 4: the takeover of a dead node's sessions is reported ([`Message::TakeoverDone`], with the
+//!   routes of the adopted sessions), and messages parked for its heirs meanwhile follow
+//!   ([`Message::TakeoverForward`], acknowledged by `ForwardAck`); see `cluster::takeover`. A
+//!   version 3 peer gets the routes as `RoutesAdded` and is not waited for.
 //!
 //! [`Message`] is one enum for every version: a variant's position is its tag on the wire, so
 //! variants are only ever appended. A variant added in version N is never sent on a connection
@@ -34,7 +38,7 @@ pub const MAGIC: [u8; 8] = *b"APIARY-C";
 /// The protocol versions this build speaks. A release must keep speaking the previous one
 /// (rolling upgrades).
 pub const MIN_VERSION: u16 = 1;
-pub const MAX_VERSION: u16 = 3;
+pub const MAX_VERSION: u16 = 4;
 
 /// The largest frame accepted: a maximal MQTT message plus room for the envelope.
 pub const MAX_FRAME: usize = 268_435_460 + 64 * 1024;
@@ -173,6 +177,20 @@ pub enum Message {
     ForwardAck {
         seq: u64,
     },
+    /// (4) The sender adopted its share of the sessions of the dead node `gone` (`sessions` of
+    /// them); `filters` are its new routes for them (in place of a `RoutesAdded`).
+    TakeoverDone {
+        gone: String,
+        filters: Vec<String>,
+        sessions: u32,
+    },
+    /// (4) A message parked while `gone`'s sessions were taken over, for the sessions the
+    /// receiver adopted from it only; acknowledged by `ForwardAck { seq }` like `ForwardAcked`.
+    TakeoverForward {
+        seq: u64,
+        gone: String,
+        message: MqttMessage,
+    },
 }
 
 /// The form of a message for an older peer.
@@ -192,10 +210,16 @@ impl Message {
     /// the version's physical time as `created_ms`.
     /// Version 2 peers get acknowledged forwards as plain ones and no session replication.
     pub fn downgrade(&self, version: u16) -> Downgrade {
-        if version >= 3 {
+        if version >= 4 {
             return Downgrade::Same;
         }
         match self {
+            Message::TakeoverDone { filters, .. } if filters.is_empty() => Downgrade::Skip,
+            Message::TakeoverDone { filters, .. } => {
+                Downgrade::Replace(Box::new(Message::RoutesAdded(filters.clone())))
+            }
+            Message::TakeoverForward { .. } => Downgrade::Skip,
+            _ if version >= 3 => Downgrade::Same,
             Message::ForwardAcked {
                 message,
                 shared_groups,
@@ -333,8 +357,18 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
         {
             Err(WireError::BadTopic(shared_groups.join(",")))
         }
+        Message::TakeoverDone { gone, .. } | Message::TakeoverForward { gone, .. }
+            if gone.is_empty() || gone.len() > MAX_NODE_ID =>
+        {
+            Err(WireError::BadNodeId)
+        }
+        Message::TakeoverDone { filters, .. } => match filters_ok(filters) {
+            Some(bad) => Err(WireError::BadTopic(bad)),
+            None => Ok(message),
+        },
         Message::Forward { message: m, .. }
         | Message::ForwardAcked { message: m, .. }
+        | Message::TakeoverForward { message: m, .. }
         | Message::LegacyRetainedPut { message: m, .. }
             if !topics_ok(m) =>
         {
@@ -449,7 +483,35 @@ mod tests {
         assert_eq!(negotiate(1, 7), Some(MAX_VERSION));
         assert_eq!(negotiate(1, 3), Some(3));
         assert_eq!(negotiate(2, 2), Some(2), "a version 2 node is still served");
-        assert_eq!(negotiate(4, 5), None, "a peer that speaks none of ours");
+        assert_eq!(negotiate(1, 4), Some(4));
+        assert_eq!(negotiate(5, 6), None, "a peer that speaks none of ours");
+    }
+
+    /// A version 3 peer gets a takeover report as the routes it carries, and no parked
+    /// messages (it is not waited for).
+    #[test]
+    fn version_3_peers_get_takeover_routes_as_routes_added() {
+        let done = frame(&Message::TakeoverDone {
+            gone: "n1".into(),
+            filters: vec!["a/#".into()],
+            sessions: 1,
+        });
+        let v3 = decode_message(&done.bytes(3).unwrap()[4..]).unwrap();
+        assert_eq!(v3, Message::RoutesAdded(vec!["a/#".into()]));
+        let v4 = decode_message(&done.bytes(4).unwrap()[4..]).unwrap();
+        assert!(matches!(v4, Message::TakeoverDone { sessions: 1, .. }));
+        let empty = frame(&Message::TakeoverDone {
+            gone: "n1".into(),
+            filters: vec![],
+            sessions: 0,
+        });
+        assert!(empty.bytes(3).is_none());
+        let bad = encode(&Message::TakeoverDone {
+            gone: "n1".into(),
+            filters: vec!["a/#/b".into()],
+            sessions: 0,
+        });
+        assert!(decode_message(&bad[4..]).is_err(), "filters are validated");
     }
 
     #[test]

@@ -326,3 +326,4 @@ fn node_config(ip: Ipv4Addr, discovery: &str, health_check: bool) -> String {
 </hivemq>"
     )
 }
+pub mod checker;
