@@ -306,6 +306,30 @@ async fn garbage_addresses_are_ignored() {
     ext.stop().await;
 }
 
+/// Stopping while a reload is in flight (a registry request, say) lets it finish and still
+/// calls `destroy`, so the node unregisters itself on shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_during_a_call_still_destroys() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    install(
+        dir.path(),
+        "hostile-slow",
+        &guests().hostile,
+        "mode=slow\nwhen=reload\nslow-ms=1500\nnodes=10.1.1.1:7800",
+        1000,
+    );
+    let ext = Extensions::start(dir.path(), policy(Duration::from_secs(10), 3), None)
+        .await
+        .unwrap();
+    let (seen, sink) = sink();
+    ext.start_discovery(input(1), sink);
+    wait_until("init's list", || seen.lock().unwrap().is_some()).await;
+    wait_until("a reload under way", || logged("hostile: slow")).await;
+    ext.stop().await;
+    assert!(logged("hostile: destroy"), "destroy was not called");
+}
+
 /// A reload that keeps trapping: the list from `init` stays, fresh instances are tried with
 /// backoff, and after `max_failures` in a row the extension is disabled with a clear line.
 #[tokio::test]

@@ -29,6 +29,8 @@ const MAX_NODES: usize = 1024;
 /// How long past its deadline a call may take before its thread is given up on (a call blocked
 /// inside a host function does not see the epoch deadline).
 const GRACE: Duration = Duration::from_secs(1);
+/// How long stopping waits for a call in flight to finish, so that `destroy` can still run.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// This node, as discovery extensions see it.
 #[derive(Debug, Clone)]
@@ -189,8 +191,17 @@ pub(super) async fn drive(job: Job, first: Option<Instance>, mut stop: watch::Re
             let r = current.discover(call, &wit_input);
             (current, r)
         });
-        // Stopping mid-call gives the instance up (no `destroy` on an instance still busy).
-        let Some(outcome) = unless_stopped(&mut stop, calling).await else {
+        let mut calling = std::pin::pin!(calling);
+        let finished = tokio::select! {
+            outcome = &mut calling => Some(outcome),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(outcome) = finished else {
+            // Stopping mid-call: the call may finish soon (a reload doing a request), and then
+            // `destroy` can still unregister this node; one that does not is given up.
+            if let Ok(Some((i, Ok(_)))) = tokio::time::timeout(STOP_GRACE, calling).await {
+                destroy(&id, i, input.wit(interval), timeout).await;
+            }
             return Ended::Stopped;
         };
         let what = match call {
@@ -231,15 +242,19 @@ pub(super) async fn drive(job: Job, first: Option<Instance>, mut stop: watch::Re
         }
     }
     // Stopping: `destroy` on the instance that had `init`.
-    if let Some(mut current) = instance.filter(|_| next == Call::Reload) {
-        let wit_input = input.wit(interval);
-        match off_runtime(timeout, move || current.destroy(&wit_input)).await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => tracing::warn!(extension = %id, "destroy failed: {e}"),
-            None => tracing::warn!(extension = %id, "destroy failed: {}", CallError::Timeout(timeout)),
-        }
+    if let Some(current) = instance.filter(|_| next == Call::Reload) {
+        destroy(&id, current, input.wit(interval), timeout).await;
     }
     Ended::Stopped
+}
+
+/// Calls `destroy`; a failure is logged, nothing more can be done about it.
+async fn destroy(id: &str, mut instance: Instance, input: DiscoveryInput, timeout: Duration) {
+    match off_runtime(timeout, move || instance.destroy(&input)).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => tracing::warn!(extension = %id, "destroy failed: {e}"),
+        None => tracing::warn!(extension = %id, "destroy failed: {}", CallError::Timeout(timeout)),
+    }
 }
 
 /// Counts a failure and logs it; true if the extension is now disabled.

@@ -4,6 +4,7 @@
 //! - `alloc`: allocates until the memory limit stops it;
 //! - `panic`: panics (a trap);
 //! - `sleep`: blocks in a host call (WASI sleep), where the epoch deadline cannot reach it;
+//! - `slow`: takes `slow-ms` milliseconds (in a host call), then behaves;
 //! - `garbage`: returns invalid addresses mixed with `nodes`;
 //! - `error`: returns an error;
 //! - anything else: behaves, returning `nodes` (`host:port,...`).
@@ -25,6 +26,10 @@ impl Discovery for Hostile {
 
     fn reload(&mut self, _input: &DiscoveryInput) -> Result<DiscoveryOutput, String> {
         misbehave()
+    }
+
+    fn destroy(&mut self, _input: &DiscoveryInput) {
+        log::info("hostile: destroy");
     }
 }
 
@@ -48,6 +53,11 @@ fn misbehave() -> Result<DiscoveryOutput, String> {
         "panic" => panic!("hostile extension panics"),
         "sleep" => {
             std::thread::sleep(std::time::Duration::from_secs(3600));
+            behave()
+        }
+        "slow" => {
+            let ms = config::get("slow-ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
             behave()
         }
         "garbage" => {
