@@ -532,7 +532,7 @@ impl Broker {
         session.connection = Some(req.connection);
         session.generation += 1;
         session.disconnected_at_ms = None;
-        session.will = req.will;
+        session.will = req.will.map(Box::new);
         session.claim = req.claim;
         if session.is_persistent() {
             if was_persistent {

@@ -89,7 +89,8 @@ pub struct Session {
     incoming_qos2: HashSet<u16>,
     next_packet_id: u16,
     pub connection: Option<ConnectionHandle>,
-    pub will: Option<WillRecord>,
+    /// Boxed: most clients have none, and an inline will (~240 B) would be in every session.
+    pub will: Option<Box<WillRecord>>,
     /// Bumped on every connect and disconnect; timers carry it and are ignored when stale.
     pub generation: u64,
     pub disconnected_at_ms: Option<u64>,
@@ -142,7 +143,7 @@ impl Session {
         now_ms: u64,
     ) -> Session {
         let mut s = Session::new(client_id, record.expiry_interval);
-        s.will = record.will.clone();
+        s.will = record.will.clone().map(Box::new);
         s.disconnected_at_ms = Some(record.disconnected_at_ms.unwrap_or(now_ms));
         for (seq, rec) in outgoing {
             match rec.packet_id {
@@ -188,7 +189,7 @@ impl Session {
             } else {
                 self.disconnected_at_ms
             },
-            will: self.will.clone(),
+            will: self.will.as_deref().cloned(),
         }
     }
 

@@ -95,16 +95,21 @@ pub async fn serve<S>(
 /// dropped again once the connection has been quiet for [`IDLE_SHRINK`]; until the socket,
 /// the broker, the keep alive or a shutdown wakes it, the connection is parked.
 ///
-/// Counts the connection against `max-connections` itself. Not an `async fn`: an async block
-/// uses the captured arguments in place, where an `async fn` would hold a second copy.
+/// Counts the connection against `max-connections` itself, and holds `count`, its place in
+/// the listener's count of connections. Not an `async fn`: an async block uses the captured
+/// arguments in place, where an `async fn` would hold a second copy.
 #[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
 pub fn serve_tcp(
     mut stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    count: super::Counted,
 ) -> impl Future<Output = ()> + Send {
     async move {
+        // Captured (by reference, so not copied), so that the listener counts this connection
+        // until the task ends.
+        let _count = &count;
         let admitted = broker.try_admit_connection();
         let _release = admitted.then(|| ReleaseOnDrop(broker.clone()));
         if broker.settings().restrictions.incoming_bandwidth_throttling > 0 {
@@ -112,7 +117,7 @@ pub fn serve_tcp(
             return Box::pin(serve(stream, peer, broker, admitted, shutdown)).await;
         }
         let mut rbuf = BytesMut::new();
-        let opened = Box::pin(async {
+        let mut opened = Box::pin(async {
             let (mut reader, mut writer) = stream.split();
             open(
                 &mut reader,
@@ -126,7 +131,8 @@ pub fn serve_tcp(
             .await
         })
         .await;
-        let Some(mut conn) = opened else { return };
+        // Used in place: moving it out would keep a second copy in this future.
+        let Some(conn) = opened.as_mut() else { return };
         let close = loop {
             // Nothing read and not handled yet: wait for work without the packet loop. Most
             // clients send nothing right after CONNECT, so they park at once.
@@ -146,7 +152,9 @@ pub fn serve_tcp(
                 break close;
             }
         };
-        Box::pin(conn.finish(close, &mut stream)).await;
+        if let Some(conn) = opened {
+            Box::pin(conn.finish(close, &mut stream)).await;
+        }
     }
 }
 
@@ -294,9 +302,9 @@ struct Connection {
     broker: Arc<Broker>,
     client_id: Arc<str>,
     id: u64,
-    peer: SocketAddr,
     version: ProtocolVersion,
-    keep_alive: Duration,
+    /// Seconds; 0 = no keep alive.
+    keep_alive: u16,
     /// No packet from the client by then ends the connection (1.5 times the keep alive)
     /// [MQTT-3.1.2-24].
     deadline: Instant,
@@ -313,11 +321,11 @@ struct Connection {
     alias_out_max: u16,
     /// QoS 1/2 PUBLISHes received and not yet acknowledged (PUBACK / PUBCOMP), against our
     /// Receive Maximum [MQTT-3.3.4-9].
-    incoming_unacked: usize,
+    incoming_unacked: u32,
     /// QoS 1/2 PUBLISHes whose PUBACK / PUBREC is not yet written (waiting for the disk).
     /// Reading pauses while there are `server-receive-maximum` of them: back-pressure that also
     /// holds for MQTT 3 clients, which know no receive maximum.
-    acks_pending: usize,
+    acks_pending: u32,
 }
 
 impl Connection {
@@ -531,10 +539,9 @@ impl Connection {
         Some(Connection {
             client_id,
             id,
-            peer,
             version,
-            keep_alive: Duration::from_secs(u64::from(keep_alive)),
-            deadline: Instant::now() + grace(Duration::from_secs(u64::from(keep_alive))),
+            keep_alive,
+            deadline: Instant::now() + grace(keep_alive),
             connect_expiry: expiry,
             problem_information: settings.security.allow_request_problem_information
                 && props.request_problem_information.unwrap_or(1) == 1,
@@ -566,7 +573,7 @@ impl Connection {
         W: AsyncWrite + Unpin,
     {
         let max_packet_size = self.broker.settings().mqtt.max_packet_size;
-        let receive_maximum = usize::from(self.broker.settings().mqtt.server_receive_maximum);
+        let receive_maximum = u32::from(self.broker.settings().mqtt.server_receive_maximum);
         let mut wbuf = BytesMut::new();
         // Small reads until the client sends more than a small buffer holds.
         let mut idle = true;
@@ -584,7 +591,7 @@ impl Connection {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::debug!(client = %self.client_id, peer = %self.peer, "bad packet: {e}");
+                        tracing::debug!(client = %self.client_id, "bad packet: {e}");
                         self.flush(writer, &mut wbuf).await;
                         return Some(Close::Error(e.reason_code(), "malformed or invalid packet"));
                     }
@@ -636,7 +643,7 @@ impl Connection {
                         return Some(Close::Error(reason::UNSPECIFIED_ERROR, "persistence failed"));
                     }
                 },
-                _ = tokio::time::sleep_until(self.deadline), if !self.keep_alive.is_zero() => {
+                _ = tokio::time::sleep_until(self.deadline), if self.keep_alive != 0 => {
                     tracing::debug!(client = %self.client_id, "keep alive timeout");
                     return Some(Close::Error(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout"));
                 },
@@ -659,7 +666,7 @@ impl Connection {
         tokio::select! {
             _ = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => None,
             _ = std::future::poll_fn(|cx| rx.poll_ready(cx)) => None,
-            _ = tokio::time::sleep_until(self.deadline), if !self.keep_alive.is_zero() => {
+            _ = tokio::time::sleep_until(self.deadline), if self.keep_alive != 0 => {
                 tracing::debug!(client = %self.client_id, "keep alive timeout");
                 Some(Close::Error(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout"))
             },
@@ -789,7 +796,7 @@ impl Connection {
                 };
                 if !known {
                     // Not counted as unacked; balance the decrement done when PUBCOMP is written.
-                    self.incoming_unacked += 1;
+                    self.incoming_unacked = self.incoming_unacked.saturating_add(1);
                 }
                 self.send(Packet::PubComp(pub_response(rel.packet_id, code)), ticket);
             }
@@ -870,11 +877,11 @@ impl Connection {
             return Some(Close::Error(reason::TOPIC_NAME_INVALID, "invalid topic name"));
         }
         if publish.qos != QoS::AtMostOnce {
-            self.incoming_unacked += 1;
+            self.incoming_unacked = self.incoming_unacked.saturating_add(1);
             self.acks_pending += 1;
             // MQTT 3 has no receive maximum: those clients are slowed down by reading less
             // (see `run`) instead of being disconnected.
-            let limit = usize::from(settings.mqtt.server_receive_maximum);
+            let limit = u32::from(settings.mqtt.server_receive_maximum);
             if self.version == ProtocolVersion::V5 && self.incoming_unacked > limit {
                 return Some(Close::Error(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
@@ -1006,8 +1013,8 @@ impl Connection {
 }
 
 /// How long a client may stay silent: 1.5 times its keep alive [MQTT-3.1.2-24].
-fn grace(keep_alive: Duration) -> Duration {
-    keep_alive + keep_alive / 2
+fn grace(keep_alive: u16) -> Duration {
+    Duration::from_millis(u64::from(keep_alive) * 1500)
 }
 
 async fn wait_replication(replication: &mut Option<oneshot::Receiver<()>>) {
@@ -1045,10 +1052,11 @@ mod tests {
             Arc<Broker>,
             bool,
             tokio::sync::watch::Receiver<bool>,
+            super::super::Counted,
         );
-        let general = future_size(|(s, p, b, a, w): Args| serve(s, p, b, a, w));
+        let general = future_size(|(s, p, b, a, w, _): Args| serve(s, p, b, a, w));
         println!("serve::<TcpStream> future: {general} B");
-        let tcp = future_size(|(s, p, b, _, w): Args| serve_tcp(s, p, b, w));
+        let tcp = future_size(|(s, p, b, _, w, c): Args| serve_tcp(s, p, b, w, c));
         println!("serve_tcp future: {tcp} B");
         type ParkArgs = (
             &'static mut Connection,

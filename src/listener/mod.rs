@@ -10,13 +10,13 @@ pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, watch};
 
 use crate::broker::Broker;
 use crate::config::Listener;
@@ -100,9 +100,51 @@ pub async fn bind_all(listeners: &[Listener]) -> anyhow::Result<Vec<Bound>> {
     Ok(bound)
 }
 
+/// Counts a listener's live connection tasks, so that shutdown can wait for them. A counter
+/// rather than a `JoinSet`, which keeps an entry (~64 B) per connection.
+#[derive(Default)]
+struct Tracker {
+    live: AtomicUsize,
+    none_left: Notify,
+}
+
+impl Tracker {
+    /// One more connection, counted until the returned guard drops: the connection's task
+    /// holds it, so it drops when the task ends, panics or is dropped.
+    fn count(self: &Arc<Self>) -> Counted {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        Counted(self.clone())
+    }
+
+    /// Waits until no connection task is left. Connections see the shutdown signal (or its
+    /// sender dropped) and close themselves.
+    async fn wait_empty(&self) {
+        loop {
+            let none_left = self.none_left.notified();
+            tokio::pin!(none_left);
+            none_left.as_mut().enable();
+            if self.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            none_left.await;
+        }
+    }
+}
+
+/// One live connection of a [`Tracker`].
+pub struct Counted(Arc<Tracker>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` turns true, then waits for the connections to close.
 pub async fn serve(bound: Bound, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
+    let connections = Arc::new(Tracker::default());
     let mut stop = shutdown.clone();
     let mut backoff = Duration::from_millis(5);
     let name: Arc<str> = Arc::from(bound.name.as_str());
@@ -116,16 +158,18 @@ pub async fn serve(bound: Bound, broker: Arc<Broker>, shutdown: watch::Receiver<
                     // other transports' tasks hold their handshake and stream types.
                     match &bound.transport {
                         Transport::Tcp => {
-                            connections.spawn(connection::serve_tcp(stream, peer, broker.clone(), shutdown.clone()));
+                            let count = connections.count();
+                            tokio::spawn(connection::serve_tcp(stream, peer, broker.clone(), shutdown.clone(), count));
                         }
                         transport => {
-                            connections.spawn(Box::pin(handle(
+                            tokio::spawn(Box::pin(handle(
                                 stream,
                                 peer,
                                 transport.clone(),
                                 name.clone(),
                                 broker.clone(),
                                 shutdown.clone(),
+                                connections.count(),
                             )));
                         }
                     }
@@ -137,11 +181,10 @@ pub async fn serve(bound: Bound, broker: Arc<Broker>, shutdown: watch::Receiver<
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = stop.changed() => break,
         }
     }
-    while connections.join_next().await.is_some() {}
+    connections.wait_empty().await;
 }
 
 /// One accepted socket: the transport handshake (bounded by its timeout, and cut short by a
@@ -153,11 +196,12 @@ async fn handle(
     listener: Arc<str>,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
+    count: Counted,
 ) {
     // The HTTP upgrade is bounded like the wait for CONNECT.
     let upgrade_timeout = Duration::from_millis(broker.settings().restrictions.no_connect_idle_timeout_ms);
     match transport {
-        Transport::Tcp => connection::serve_tcp(stream, peer, broker, shutdown).await,
+        Transport::Tcp => connection::serve_tcp(stream, peer, broker, shutdown, count).await,
         Transport::Tls(acceptor) => {
             let tls = tokio::select! {
                 tls = Box::pin(acceptor.accept(stream, peer, &listener)) => tls,
