@@ -76,6 +76,21 @@ impl Message {
         }
     }
 
+    /// A retained QoS 1 message, for unit tests.
+    #[cfg(test)]
+    pub fn retained_for_test(topic: &str, payload: &'static str, publisher: &str, created_ms: u64) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: Bytes::from_static(payload.as_bytes()),
+            qos: 1,
+            retain: true,
+            properties: Default::default(),
+            expires_at_ms: None,
+            publisher: publisher.into(),
+            created_ms,
+        }
+    }
+
     pub fn qos(&self) -> QoS {
         QoS::from_u8(self.qos).unwrap_or(QoS::AtMostOnce)
     }

@@ -1432,16 +1432,7 @@ mod tests {
 
     /// A retained publish (or deletion, with an empty payload) made on this node.
     fn retain(b: &Arc<Broker>, topic: &str, payload: &'static str) {
-        b.publish_will(Message {
-            topic: topic.into(),
-            payload: bytes::Bytes::from_static(payload.as_bytes()),
-            qos: 1,
-            retain: true,
-            properties: Default::default(),
-            expires_at_ms: None,
-            publisher: "t".into(),
-            created_ms: now_ms(),
-        });
+        b.publish_will(Message::retained_for_test(topic, payload, "t", now_ms()));
     }
 
     fn retained(b: &Broker) -> Vec<(String, String)> {

@@ -175,16 +175,7 @@ mod tests {
     }
 
     fn msg(topic: &str, payload: &'static str) -> Arc<Message> {
-        Arc::new(Message {
-            topic: topic.into(),
-            payload: bytes::Bytes::from_static(payload.as_bytes()),
-            qos: 1,
-            retain: true,
-            properties: Default::default(),
-            expires_at_ms: None,
-            publisher: "p".into(),
-            created_ms: 1,
-        })
+        Arc::new(Message::retained_for_test(topic, payload, "p", 1))
     }
 
     fn payload(r: &Retained, topic: &str) -> Option<String> {

@@ -624,16 +624,7 @@ mod tests {
         RetainedEntry {
             topic: topic.into(),
             version,
-            message: (!payload.is_empty()).then(|| MqttMessage {
-                topic: topic.into(),
-                payload: bytes::Bytes::from_static(payload.as_bytes()),
-                qos: 1,
-                retain: true,
-                properties: Default::default(),
-                expires_at_ms: None,
-                publisher: "p".into(),
-                created_ms: 5,
-            }),
+            message: (!payload.is_empty()).then(|| MqttMessage::retained_for_test(topic, payload, "p", 5)),
         }
     }
 

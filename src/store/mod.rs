@@ -593,16 +593,7 @@ mod tests {
     use super::*;
 
     fn message(topic: &str, payload: &'static str, created_ms: u64) -> Message {
-        Message {
-            topic: topic.into(),
-            payload: bytes::Bytes::from_static(payload.as_bytes()),
-            qos: 1,
-            retain: true,
-            properties: Default::default(),
-            expires_at_ms: None,
-            publisher: "p".into(),
-            created_ms,
-        }
+        Message::retained_for_test(topic, payload, "p", created_ms)
     }
 
     fn version(physical_ms: u64, logical: u32) -> Timestamp {
