@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use apiary::mqtt::{Packet, Properties, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
 use bytes::Bytes;
 use common::{RawClient, V5Client, connect_packet, publish_packet};
-use hosts::{Net, Node, cluster_config};
+use hosts::{Net, Node};
 
 const START: Duration = Duration::from_secs(30);
 
@@ -20,19 +20,6 @@ fn skip() -> bool {
     }
     eprintln!("skipped: network namespaces need root and iproute2");
     true
-}
-
-/// Starts node `i` of `net` (0-based) with a config listing all hosts.
-fn start(net: &Net, dir: &std::path::Path, i: usize, health_check: bool) -> Node {
-    let all: Vec<_> = net.hosts.iter().map(|h| h.ip).collect();
-    let host = &net.hosts[i];
-    Node::spawn(
-        &format!("node{}", i + 1),
-        &host.ns,
-        host.ip,
-        &dir.join(format!("n{}", i + 1)),
-        &cluster_config(host.ip, &all, health_check),
-    )
 }
 
 async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) {
@@ -61,7 +48,7 @@ async fn formation_in_any_order_and_pubsub_across_hosts() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for i in [2, 0, 1] {
-        let node = start(&net, dir.path(), i, true);
+        let node = net.start_node(dir.path(), i, true);
         node.wait_log("Started Apiary in", START);
         nodes.push(node);
     }
@@ -164,7 +151,7 @@ async fn sigkill_detection_and_rejoin() {
     for health_check in [true, false] {
         let net = Net::new(3);
         let dir = tempfile::tempdir().unwrap();
-        let mut nodes: Vec<Node> = (0..3).map(|i| start(&net, dir.path(), i, health_check)).collect();
+        let mut nodes: Vec<Node> = (0..3).map(|i| net.start_node(dir.path(), i, health_check)).collect();
         for n in &nodes {
             n.wait_log("Started Apiary in", START);
             n.wait_size(3, START);
@@ -218,7 +205,7 @@ async fn partition_and_merge() {
     }
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
-    let nodes: Vec<Node> = (0..3).map(|i| start(&net, dir.path(), i, true)).collect();
+    let nodes: Vec<Node> = (0..3).map(|i| net.start_node(dir.path(), i, true)).collect();
     for n in &nodes {
         n.wait_log("Started Apiary in", START);
         n.wait_size(3, START);
@@ -249,7 +236,7 @@ async fn will_of_a_dead_nodes_client() {
     }
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Node> = (0..3).map(|i| start(&net, dir.path(), i, true)).collect();
+    let mut nodes: Vec<Node> = (0..3).map(|i| net.start_node(dir.path(), i, true)).collect();
     for n in &nodes {
         n.wait_log("Started Apiary in", START);
         n.wait_size(3, START);
@@ -303,7 +290,7 @@ async fn shared_messages_of_a_dead_members_node_go_to_another_member() {
     }
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Node> = (0..3).map(|i| start(&net, dir.path(), i, true)).collect();
+    let mut nodes: Vec<Node> = (0..3).map(|i| net.start_node(dir.path(), i, true)).collect();
     for n in &nodes {
         n.wait_log("Started Apiary in", START);
         n.wait_size(3, START);
@@ -414,7 +401,7 @@ async fn retained_messages_converge_after_a_partition() {
     let began = Instant::now();
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
-    let nodes: Vec<Node> = (0..3).map(|i| start(&net, dir.path(), i, true)).collect();
+    let nodes: Vec<Node> = (0..3).map(|i| net.start_node(dir.path(), i, true)).collect();
     for n in &nodes {
         n.wait_log("Started Apiary in", START);
         n.wait_size(3, START);

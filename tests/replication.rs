@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use apiary::mqtt::{Disconnect, Packet, Properties, ProtocolVersion, PubResponse, QoS, Subscribe, SubscriptionOptions};
 use common::{RawClient, connect_packet, publish_packet};
 use hosts::checker::{self, Checker};
-use hosts::{Net, Node, cluster_config};
+use hosts::{Net, Node};
 
 const START: Duration = Duration::from_secs(30);
 const MESSAGES: usize = 200;
@@ -29,19 +29,7 @@ fn skip() -> bool {
 
 /// Three nodes (replica-count 2, the default) that see each other.
 fn cluster(net: &Net, dir: &std::path::Path) -> Vec<Node> {
-    let all: Vec<_> = net.hosts.iter().map(|h| h.ip).collect();
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            let host = &net.hosts[i];
-            Node::spawn(
-                &format!("node{}", i + 1),
-                &host.ns,
-                host.ip,
-                &dir.join(format!("n{}", i + 1)),
-                &cluster_config(host.ip, &all, true),
-            )
-        })
-        .collect();
+    let nodes: Vec<Node> = (0..3).map(|i| net.start_node(dir, i, true)).collect();
     for n in &nodes {
         n.wait_log("Started Apiary in", START);
         n.wait_size(3, START);

@@ -103,6 +103,20 @@ impl Net {
         Ipv4Addr::new(10, 231, self.subnet, 254)
     }
 
+    /// Starts host `i`'s node (0-based: `node{i+1}`, data in `dir/n{i+1}`) with static discovery
+    /// of every host of the net; does not wait for it.
+    pub fn start_node(&self, dir: &std::path::Path, i: usize, health_check: bool) -> Node {
+        let all: Vec<_> = self.hosts.iter().map(|h| h.ip).collect();
+        let host = &self.hosts[i];
+        Node::spawn(
+            &format!("node{}", i + 1),
+            &host.ns,
+            host.ip,
+            &dir.join(format!("n{}", i + 1)),
+            &cluster_config(host.ip, &all, health_check),
+        )
+    }
+
     /// Cuts host `i` off the network (no FIN, no RST: packets just stop), or repairs it.
     pub fn set_link(&self, i: usize, up: bool) {
         ip(&["link", "set", &self.hosts[i].link, if up { "up" } else { "down" }]);
