@@ -68,18 +68,7 @@ async fn futures_join_all<F: std::future::Future<Output = TestBroker> + Send + '
 
 async fn subscriber(addr: SocketAddr, id: &str, filter: &str) -> RawClient {
     let (mut c, _) = RawClient::connect(addr, connect_packet(ProtocolVersion::V5, id, true)).await;
-    c.send(&Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        filters: vec![(
-            filter.into(),
-            SubscriptionOptions {
-                qos: QoS::ExactlyOnce,
-                ..Default::default()
-            },
-        )],
-    }))
-    .await;
+    c.send(&subscribe_packet(1, filter, QoS::ExactlyOnce)).await;
     assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
     c
 }

@@ -7,9 +7,9 @@ mod hosts;
 
 use std::time::{Duration, Instant};
 
-use apiary::mqtt::{Packet, Properties, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
+use apiary::mqtt::{Packet, Properties, ProtocolVersion, QoS};
 use bytes::Bytes;
-use common::{RawClient, V5Client, connect_packet, publish_packet};
+use common::{RawClient, V5Client, connect_packet, publish_packet, subscribe_packet};
 use hosts::{Net, Node};
 
 const START: Duration = Duration::from_secs(30);
@@ -23,18 +23,7 @@ fn skip() -> bool {
 }
 
 async fn subscribe(c: &mut RawClient, filter: &str, qos: QoS) {
-    c.send(&Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        filters: vec![(
-            filter.into(),
-            SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        )],
-    }))
-    .await;
+    c.send(&subscribe_packet(1, filter, qos)).await;
     assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
 }
 

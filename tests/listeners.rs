@@ -7,19 +7,15 @@ use std::time::{Duration, Instant};
 
 use apiary::config::{Config, PersistenceMode};
 use apiary::listener::websocket::WsStream;
-use apiary::mqtt::{Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use apiary::mqtt::{Packet, ProtocolVersion, Publish, QoS};
 use bytes::{Bytes, BytesMut};
 use common::pki::Pki;
-use common::{RawClient, TestBroker, connect_packet};
+use common::{RawClient, TestBroker, connect_packet, subscribe_packet};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 fn subscribe(filter: &str) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Default::default(),
-        filters: vec![(filter.into(), SubscriptionOptions::default())],
-    })
+    subscribe_packet(1, filter, QoS::AtMostOnce)
 }
 
 fn publish(topic: &str, payload: Bytes) -> Packet {

@@ -7,22 +7,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use apiary::config::PersistenceMode;
-use apiary::mqtt::{Packet, Properties, ProtocolVersion, QoS, Subscribe, SubscriptionOptions};
+use apiary::mqtt::{Packet, Properties, ProtocolVersion, QoS};
 use bytes::Bytes;
 use common::*;
 
 fn subscribe(filter: &str) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        filters: vec![(
-            filter.into(),
-            SubscriptionOptions {
-                qos: QoS::ExactlyOnce,
-                ..Default::default()
-            },
-        )],
-    })
+    subscribe_packet(1, filter, QoS::ExactlyOnce)
 }
 
 /// Sets up a persistent subscriber "keeper" on "p/#" (offline), publishes `n` QoS 1 messages

@@ -26,17 +26,7 @@ fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &str) -> Packet {
 }
 
 fn subscribe(packet_id: u16, filter: &str, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id,
-        properties: Properties::default(),
-        filters: vec![(
-            filter.into(),
-            SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        )],
-    })
+    subscribe_packet(packet_id, filter, qos)
 }
 
 fn ack(packet_id: u16) -> PubResponse {

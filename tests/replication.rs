@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use apiary::mqtt::{Disconnect, Packet, Properties, ProtocolVersion, PubResponse, QoS, Subscribe, SubscriptionOptions};
-use common::{RawClient, connect_packet, publish_packet};
+use apiary::mqtt::{Disconnect, Packet, Properties, ProtocolVersion, PubResponse, QoS};
+use common::{RawClient, connect_packet, publish_packet, subscribe_packet};
 use hosts::checker::{self, Checker};
 use hosts::{Net, Node};
 
@@ -48,18 +48,7 @@ async fn persistent(addr: std::net::SocketAddr, id: &str, receive_maximum: u16) 
 }
 
 async fn subscribe(c: &mut RawClient, filter: &str) {
-    c.send(&Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        filters: vec![(
-            filter.into(),
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            },
-        )],
-    }))
-    .await;
+    c.send(&subscribe_packet(1, filter, QoS::AtLeastOnce)).await;
     assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
 }
 

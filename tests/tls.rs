@@ -12,11 +12,11 @@ use apiary::config::{
     ClientAuthenticationMode, Config, Keystore, Listener, PersistenceMode, TcpListenerConfig, TlsConfig,
     TlsTcpListenerConfig, Truststore,
 };
-use apiary::mqtt::{Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscriptionOptions};
+use apiary::mqtt::{Packet, ProtocolVersion, Publish, QoS};
 use apiary::server::{self, Options};
 use bytes::Bytes;
 use common::pki::{Pair, Pki};
-use common::{RawClient, TestBroker, connect_packet, logs};
+use common::{RawClient, TestBroker, connect_packet, logs, subscribe_packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub fn tls_config(keystore: &Path, password: &str, pki: &Pki, mode: ClientAuthenticationMode) -> TlsConfig {
@@ -81,17 +81,7 @@ async fn tls_mqtt(pki: &Pki, addr: SocketAddr, client: Option<&Pair>, id: &str) 
 }
 
 fn subscribe(topic: &str, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Default::default(),
-        filters: vec![(
-            topic.into(),
-            SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        )],
-    })
+    subscribe_packet(1, topic, qos)
 }
 
 fn publish(topic: &str, payload: &'static [u8]) -> Packet {

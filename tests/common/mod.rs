@@ -123,6 +123,21 @@ pub fn publish_packet(topic: &str, qos: apiary::mqtt::QoS, packet_id: u16, retai
     })
 }
 
+/// A SUBSCRIBE packet for raw-client tests: one filter, default options but for the QoS.
+pub fn subscribe_packet(packet_id: u16, filter: &str, qos: apiary::mqtt::QoS) -> Packet {
+    Packet::Subscribe(apiary::mqtt::Subscribe {
+        packet_id,
+        properties: Properties::default(),
+        filters: vec![(
+            filter.into(),
+            apiary::mqtt::SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        )],
+    })
+}
+
 /// A client that writes and reads MQTT packets with our codec: exact control over the bytes.
 pub struct RawClient {
     pub stream: Box<dyn Duplex>,
