@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -38,7 +38,7 @@ pub struct Flow {
     sent: AtomicU64,
     delivered: AtomicU64,
     subscribers: u64,
-    cap: u64,
+    cap: AtomicU64,
     /// Publishers waiting for credit; woken one per message of credit freed, not all at once
     /// (with a thousand publishers on one topic, waking every one of them on every delivery
     /// cost the load generator more CPU than the broker it measured).
@@ -51,7 +51,7 @@ impl Flow {
             sent: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             subscribers: subscribers.max(1) as u64,
-            cap: cap.max(1),
+            cap: AtomicU64::new(cap.max(1)),
             notify: Notify::new(),
         }
     }
@@ -59,7 +59,14 @@ impl Flow {
     pub fn has_credit(&self) -> bool {
         let sent = self.sent.load(Ordering::SeqCst);
         let delivered = self.delivered.load(Ordering::SeqCst);
-        sent * self.subscribers < delivered + self.cap * self.subscribers
+        let cap = self.cap.load(Ordering::SeqCst);
+        sent * self.subscribers < delivered + cap * self.subscribers
+    }
+
+    /// Changes how far the subscribers may be behind; publishers waiting for credit look again.
+    fn set_cap(&self, cap: u64) {
+        self.cap.store(cap.max(1), Ordering::SeqCst);
+        self.notify.notify_waiters();
     }
 
     /// Every message sent has reached every subscriber.
@@ -218,6 +225,9 @@ pub struct Running {
     pub stats: Arc<Stats>,
     flows: Vec<Arc<Flow>>,
     pace: Arc<AtomicU64>,
+    /// The plan's cap, and a limit on every publisher's window (`usize::MAX`: the plan's).
+    cap: u64,
+    window_limit: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
     publishers: JoinSet<anyhow::Result<()>>,
     subscribers: JoinSet<anyhow::Result<Vec<u64>>>,
@@ -242,6 +252,7 @@ impl Running {
     pub async fn start(dial: &Dial, plan: &Plan) -> anyhow::Result<Running> {
         let stats = Arc::new(Stats::default());
         let pace = Arc::new(AtomicU64::new(PAUSED));
+        let window_limit = Arc::new(AtomicUsize::new(usize::MAX));
         let (stop, stop_rx) = watch::channel(false);
         let flows: Vec<Arc<Flow>> = plan
             .groups
@@ -300,6 +311,7 @@ impl Running {
                 template: Template::new(&topic, plan.qos, plan.payload)?,
                 qos: plan.qos,
                 window,
+                window_limit: window_limit.clone(),
                 flow: flows[g].clone(),
                 pace: pace.clone(),
                 stats: stats.clone(),
@@ -311,6 +323,8 @@ impl Running {
             stats,
             flows,
             pace,
+            cap: plan.cap,
+            window_limit,
             stop,
             publishers,
             subscribers,
@@ -325,6 +339,18 @@ impl Running {
 
     pub fn pause(&self) {
         self.pace.store(PAUSED, Ordering::SeqCst);
+    }
+
+    /// With `true`, every publisher keeps one message under way: it sends the next only once the
+    /// broker acknowledged the previous one and the subscribers have it (window and cap 1), so
+    /// nothing is pipelined and every message is a write, a read and a wake-up of its own on each
+    /// connection, as in a paced run. With `false`, the plan's window and cap again.
+    pub fn one_at_a_time(&self, on: bool) {
+        self.window_limit
+            .store(if on { 1 } else { usize::MAX }, Ordering::SeqCst);
+        for f in &self.flows {
+            f.set_cap(if on { 1 } else { self.cap });
+        }
     }
 
     /// Waits `warmup`, then counts what is delivered during `duration`; subscribers keep latency
@@ -414,6 +440,8 @@ struct Publisher {
     template: Template,
     qos: QoS,
     window: usize,
+    /// [`Running::one_at_a_time`]: the window is the smaller of the two.
+    window_limit: Arc<AtomicUsize>,
     flow: Arc<Flow>,
     pace: Arc<AtomicU64>,
     stats: Arc<Stats>,
@@ -438,8 +466,9 @@ impl Publisher {
                 }
             }
             let now = Instant::now();
+            let window = self.window.min(self.window_limit.load(Ordering::Relaxed));
             let mut queued = 0u64;
-            while period != PAUSED && (!qos1 || inflight < self.window) && queued < BATCH as u64 {
+            while period != PAUSED && (!qos1 || inflight < window) && queued < BATCH as u64 {
                 let at = if period == 0 {
                     if !self.flow.has_credit() {
                         break;
@@ -479,7 +508,7 @@ impl Publisher {
                     continue;
                 }
             }
-            let may_send = period != PAUSED && (!qos1 || inflight < self.window);
+            let may_send = period != PAUSED && (!qos1 || inflight < window);
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
