@@ -1,7 +1,7 @@
 //! The [`Packet`] enum, fixed header handling and the top-level
 //! [`decode`] / [`encode`] / [`encoded_len`] entry points.
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::error::{DecodeError, EncodeError};
 use super::properties::PropertyContext;
@@ -105,12 +105,16 @@ fn check_fixed_header(first: u8, version: ProtocolVersion) -> Result<(), DecodeE
     }
 }
 
+/// Packets of at most this many bytes (fixed header included) are copied out of the read buffer
+/// by [`decode`].
+pub const COPY_MAX: usize = 1024;
+
 /// Incremental decode. `Ok(None)` = need more bytes (buf untouched). On `Ok(Some)`, the packet's bytes are
 /// consumed from buf. The remaining-length is checked against `max_packet_size` (whole packet size incl.
 /// fixed header) as soon as the fixed header is readable — before the body is buffered — giving
 /// `DecodeError::PacketTooLarge`. `version` is the connection's negotiated version; a CONNECT carries its
-/// own version and is decoded regardless of `version`. Payload `Bytes` are zero-copy slices of a
-/// frozen split of buf.
+/// own version and is decoded regardless of `version`. Payload `Bytes` are slices of the packet's
+/// bytes: a copy for packets of at most [`COPY_MAX`] bytes, a zero-copy split of buf above.
 ///
 /// After an error the connection must be closed; whether the bad packet's bytes
 /// were consumed is unspecified.
@@ -141,7 +145,17 @@ pub fn decode(
     if buf.len() < total {
         return Ok(None);
     }
-    let frame = buf.split_to(total).freeze();
+    let frame = if total <= COPY_MAX {
+        // A small packet is copied out, so that `buf` stays the only owner of its allocation
+        // and the next read reuses it. A split would share it with the payload until that is
+        // delivered and dropped, and the caller's next `reserve` would allocate a new buffer:
+        // one allocation of the whole read buffer per PUBLISH read on its own.
+        let frame = Bytes::copy_from_slice(&buf[..total]);
+        buf.advance(total);
+        frame
+    } else {
+        buf.split_to(total).freeze()
+    };
     let mut r = Reader::new(frame.slice(header_len..));
     let kind = first >> 4;
     let packet = decode_body(kind, first & 0x0F, &mut r, version)?;

@@ -368,7 +368,9 @@ impl Properties {
         w.string(CONTENT_TYPE, &self.content_type, "content type")?;
         w.string(RESPONSE_TOPIC, &self.response_topic, "response topic")?;
         w.binary(CORRELATION_DATA, &self.correlation_data, "correlation data")?;
-        if w.allows(SUBSCRIPTION_IDENTIFIER) {
+        // Absent fields are skipped before looking up whether `ctx` allows them: most packets
+        // carry no property at all, and this runs two or three times per packet written.
+        if !self.subscription_identifiers.is_empty() && w.allows(SUBSCRIPTION_IDENTIFIER) {
             // Only PUBLISH may carry more than one.
             let count = if ctx == PropertyContext::Publish {
                 self.subscription_identifiers.len()
@@ -404,7 +406,7 @@ impl Properties {
         w.two(TOPIC_ALIAS, self.topic_alias);
         w.byte(MAXIMUM_QOS, self.maximum_qos);
         w.byte(RETAIN_AVAILABLE, self.retain_available);
-        if w.allows(USER_PROPERTY) {
+        if !self.user_properties.is_empty() && w.allows(USER_PROPERTY) {
             for (key, value) in &self.user_properties {
                 w.s.write_u8(USER_PROPERTY);
                 w.s.write_str(key, "user property name")?;
@@ -434,28 +436,36 @@ impl<S: Sink> EntryWriter<'_, S> {
     }
 
     fn byte(&mut self, id: u8, v: Option<u8>) {
-        if let (Some(v), true) = (v, self.allows(id)) {
+        if let Some(v) = v
+            && self.allows(id)
+        {
             self.s.write_u8(id);
             self.s.write_u8(v);
         }
     }
 
     fn two(&mut self, id: u8, v: Option<u16>) {
-        if let (Some(v), true) = (v, self.allows(id)) {
+        if let Some(v) = v
+            && self.allows(id)
+        {
             self.s.write_u8(id);
             self.s.write_u16(v);
         }
     }
 
     fn four(&mut self, id: u8, v: Option<u32>) {
-        if let (Some(v), true) = (v, self.allows(id)) {
+        if let Some(v) = v
+            && self.allows(id)
+        {
             self.s.write_u8(id);
             self.s.write_u32(v);
         }
     }
 
     fn string(&mut self, id: u8, v: &Option<String>, what: &'static str) -> Result<(), EncodeError> {
-        if let (Some(v), true) = (v, self.allows(id)) {
+        if let Some(v) = v
+            && self.allows(id)
+        {
             self.s.write_u8(id);
             self.s.write_str(v, what)?;
         }
@@ -463,7 +473,9 @@ impl<S: Sink> EntryWriter<'_, S> {
     }
 
     fn binary(&mut self, id: u8, v: &Option<Bytes>, what: &'static str) -> Result<(), EncodeError> {
-        if let (Some(v), true) = (v, self.allows(id)) {
+        if let Some(v) = v
+            && self.allows(id)
+        {
             self.s.write_u8(id);
             self.s.write_binary(v, what)?;
         }

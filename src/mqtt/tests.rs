@@ -706,8 +706,12 @@ fn two_packets_in_one_buffer_decode_in_order() {
 }
 
 #[test]
-fn payload_is_a_zero_copy_slice() {
-    let bytes = to_bytes(&all_packets(V311).swap_remove(2), V311);
+fn large_payload_is_a_zero_copy_slice() {
+    let Packet::Publish(mut publish) = all_packets(V311).swap_remove(2) else {
+        panic!("not a PUBLISH");
+    };
+    publish.payload = Bytes::from(vec![7u8; crate::mqtt::packet::COPY_MAX]);
+    let bytes = to_bytes(&Packet::Publish(publish), V311);
     let mut buf = BytesMut::from(&bytes[..]);
     let base = buf.as_ptr() as usize;
     let Ok(Some(Packet::Publish(p))) = decode(&mut buf, V311, NO_LIMIT) else {
@@ -715,6 +719,23 @@ fn payload_is_a_zero_copy_slice() {
     };
     let offset = p.payload.as_ptr() as usize - base;
     assert_eq!(offset, bytes.len() - p.payload.len());
+}
+
+#[test]
+fn small_packet_is_copied_and_the_buffer_is_reused() {
+    let bytes = to_bytes(&all_packets(V311).swap_remove(2), V311);
+    assert!(bytes.len() <= crate::mqtt::packet::COPY_MAX);
+    let mut buf = BytesMut::with_capacity(4096);
+    buf.extend_from_slice(&bytes);
+    let base = buf.as_ptr() as usize;
+    let Ok(Some(Packet::Publish(p))) = decode(&mut buf, V311, NO_LIMIT) else {
+        panic!("not a PUBLISH");
+    };
+    let payload = p.payload.as_ptr() as usize;
+    assert!(!(base..base + 4096).contains(&payload), "the payload is a copy");
+    // The read buffer is not shared with the payload: the next read gets the same room back.
+    buf.reserve(4096);
+    assert_eq!(buf.as_ptr() as usize, base);
 }
 
 #[test]
