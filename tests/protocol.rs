@@ -173,6 +173,35 @@ async fn keep_alive_timeout() {
     b.stop().await;
 }
 
+/// Packets move the keep-alive deadline: a client that pings for longer than 1.5 × keep alive stays,
+/// and is disconnected 1.5 × keep alive after its last packet. With bandwidth throttling the
+/// connection never parks, so this is the packet loop's own timer.
+#[tokio::test]
+async fn keep_alive_timeout_counts_from_the_last_packet() {
+    let b = TestBroker::start(|c| c.restrictions.incoming_bandwidth_throttling = 1_000_000).await;
+    let mut connect = connect_packet(V5, "pinger", true);
+    connect.keep_alive = 1;
+    let (mut c, _) = RawClient::connect(b.addr, connect).await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.send(&Packet::PingReq).await;
+        assert_eq!(c.recv().await, Some(Packet::PingResp));
+    }
+    let last = std::time::Instant::now();
+    let seen = c.until_closed().await;
+    assert!(
+        matches!(seen.last(), Some(Packet::Disconnect(d)) if d.reason == reason::KEEP_ALIVE_TIMEOUT),
+        "{seen:?}"
+    );
+    let quiet = last.elapsed();
+    assert!(
+        quiet >= Duration::from_millis(1400),
+        "not before 1.5 × keep alive: {quiet:?}"
+    );
+    assert!(quiet < Duration::from_secs(3), "not long after it either: {quiet:?}");
+    b.stop().await;
+}
+
 /// The server lowers a keep alive above max-keep-alive and says so [MQTT-3.2.2-21].
 #[tokio::test]
 async fn server_keep_alive() {
