@@ -41,6 +41,12 @@ struct RunArgs {
     /// Where extensions' compiled code is cached [default: extension-cache in the data folder].
     #[arg(long, env = "APIARY_EXTENSION_CACHE_DIR")]
     extension_cache_dir: Option<PathBuf>,
+    /// Start a clustered node on the data in its folder as it is: the first node of a cluster
+    /// restarted after a shutdown (the last one that stopped). Without it, a clustered node
+    /// moves its previous data to cluster-backup/ in the data folder and takes its data from
+    /// the cluster. Start only one node of a cluster this way.
+    #[arg(long)]
+    recovery: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,6 +125,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             extensions_dir: args.extensions_dir,
             extension_cache_dir: args.extension_cache_dir,
             extension_policy: Default::default(),
+            recovery: args.recovery,
         })
         .await?;
         running.run_until_signal().await

@@ -15,7 +15,7 @@ use crate::config::{Config, Discovery, PersistenceMode};
 use crate::extension::Extensions;
 use crate::extension::discovery::{self, Policy};
 use crate::listener;
-use crate::store::{Loaded, Store};
+use crate::store::{self, Loaded, Store};
 
 /// What a node is started with.
 #[derive(Debug, Clone)]
@@ -27,6 +27,9 @@ pub struct Options {
     pub extension_cache_dir: Option<PathBuf>,
     /// Limits and failure policy of the extensions.
     pub extension_policy: Policy,
+    /// Start a clustered node on the data in its folder as it is (`apiary run --recovery`), for
+    /// the first node of a cluster restarted after a shutdown, instead of setting it aside.
+    pub recovery: bool,
 }
 
 /// A started node.
@@ -43,9 +46,21 @@ pub struct Running {
 pub async fn start(options: Options) -> anyhow::Result<Running> {
     let started = Instant::now();
     let config = &options.config;
-    let (store, loaded) = match config.persistence {
+    // A clustered node takes its data from the cluster (see `store::set_aside`), unless it is
+    // the first one of a restarted cluster.
+    let fresh_member = config.cluster.enabled && !options.recovery;
+    let (store, mut loaded) = match config.persistence {
         PersistenceMode::File => {
             tracing::info!("Starting with file persistence mode.");
+            if options.recovery {
+                tracing::info!("Recovery mode: starting on the persistent data in the data folder as it is.");
+            } else if fresh_member && let Some(backup) = store::set_aside(&options.data_dir, &[cluster::node_id::FILE])?
+            {
+                tracing::info!(
+                    "Moved the persistent data of the previous run to {}: this node joins as a new member and takes its data from the cluster (apiary run --recovery starts on it instead).",
+                    backup.display()
+                );
+            }
             let (store, loaded) = Store::open(&options.data_dir)?;
             tracing::info!("data folder {}", options.data_dir.display());
             (Some(store), loaded)
@@ -69,11 +84,18 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
     let bound = listener::bind_all(&config.listeners)
         .await
         .context("starting the listeners")?;
+    let replicas = std::mem::take(&mut loaded.replicas);
     let broker = Broker::new(settings, store, loaded);
+    if options.recovery && config.cluster.enabled {
+        recover_replicas(&broker, replicas).await?;
+    }
     let cache_dir = (options.extension_cache_dir.clone()).unwrap_or_else(|| options.data_dir.join("extension-cache"));
     let extensions = Extensions::start(&options.extensions_dir, options.extension_policy, Some(cache_dir)).await?;
     if let Some(settings) = cluster_settings {
-        let me = cluster::node_id::load_or_create(&options.data_dir)?;
+        let me = match fresh_member {
+            true => cluster::node_id::create(&options.data_dir)?,
+            false => cluster::node_id::load_or_create(&options.data_dir)?,
+        };
         let cluster = Cluster::start(settings, me, broker.clone()).await?;
         if let Discovery::Extension { reload_interval_secs } = config.cluster.discovery {
             let (own_host, own_port) = split_address(&cluster.settings.advertised)?;
@@ -125,11 +147,13 @@ impl Running {
         tracing::info!("Shutting down Apiary");
         // First, so that discovery extensions can unregister this node while it is still up.
         self.extensions.stop().await;
+        // The clients go first, so that no publish arrives while the sessions' last changes
+        // are replicated; then the node hands over and leaves.
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
         if let Some(cluster) = self.broker.cluster() {
             cluster.leave().await;
         }
-        let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
         self.broker.stop();
         // Everything submitted so far reaches the disk before the store is dropped.
         if let Some(store) = self.broker.store() {
@@ -150,6 +174,29 @@ impl Running {
         self.stop().await;
         Ok(())
     }
+}
+
+/// In recovery mode the copies this node kept of other nodes' sessions become sessions here
+/// (unless the client has one here already): their home nodes will start as new members
+/// without their data. The copies are then forgotten.
+async fn recover_replicas(
+    broker: &Arc<Broker>,
+    replicas: Vec<(Arc<str>, cluster::replication::Replica)>,
+) -> anyhow::Result<()> {
+    if replicas.is_empty() {
+        return Ok(());
+    }
+    let clients: Vec<Arc<str>> = replicas.iter().map(|(c, _)| c.clone()).collect();
+    let (adopted, _, ticket) = broker.adopt_replicas(replicas, |_| Vec::new());
+    broker.wait(ticket).await.context("recovering the session copies")?;
+    let forget = broker.submit(clients.iter().cloned().map(store::StoreOp::ReplicaDelete).collect());
+    broker.wait(forget).await.context("recovering the session copies")?;
+    tracing::info!(
+        "Recovery mode: {} of {} copies of other nodes' sessions became sessions of this node.",
+        adopted.len(),
+        clients.len()
+    );
+    Ok(())
 }
 
 /// "host:port" (or "[v6]:port") → host and port.

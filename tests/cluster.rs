@@ -218,14 +218,22 @@ async fn retained_is_cluster_wide_right_after_the_ack() {
     }
 }
 
-/// A node that stops leaves the cluster at once; restarted on its data folder, it comes back
-/// as itself and gets the retained messages it missed.
+/// A node that stops leaves the cluster at once. Restarted on its data folder, it comes back
+/// as a new member: the data of its previous run is set aside in `cluster-backup/` (the
+/// cluster holds the current state), and it gets the retained messages it missed from the
+/// others before it serves clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_leaves_and_rejoins_as_itself() {
+async fn node_leaves_and_rejoins_as_a_new_member() {
     let mut nodes = start_cluster(3).await;
     let leaving = nodes.pop().unwrap();
     let id = leaving.broker().cluster().unwrap().id().clone();
     let config = leaving.config.clone();
+    // Something persistent on the leaving node, so that its data file is worth keeping.
+    let (mut own, _) = RawClient::connect(leaving.addr, connect_packet(ProtocolVersion::V5, "own", true)).await;
+    own.send(&publish_packet("kept/before", QoS::AtLeastOnce, 1, true, "before"))
+        .await;
+    assert!(matches!(own.recv().await, Some(Packet::PubAck(_))));
+    drop(own);
     let dir = leaving.stop().await;
     for n in &nodes {
         wait_until("the others see it leave", || n.broker().cluster().unwrap().size() == 2).await;
@@ -241,16 +249,24 @@ async fn node_leaves_and_rejoins_as_itself() {
     .await;
     assert!(matches!(publ.recv().await, Some(Packet::PubAck(_))));
 
+    let data = dir.path().join("data");
     let back = TestBroker::start_in(dir, config).await;
-    assert_eq!(
+    assert_ne!(
         back.broker().cluster().unwrap().id(),
         &id,
-        "same cluster id after restart"
+        "a restarted node is a new member"
+    );
+    assert!(
+        data.join("cluster-backup").join(apiary::store::DB_FILE).exists(),
+        "the previous run's data is kept in cluster-backup/"
     );
     wait_until("three again", || back.broker().cluster().unwrap().size() == 3).await;
-    // The join finished before the node served clients: the retained message is there.
+    // The join finished before the node served clients: the retained messages are there, the
+    // one it missed and its own from before (which the cluster kept).
     let mut sub = subscriber(back.addr, "returning", "missed/#").await;
     assert!(matches!(sub.recv().await, Some(Packet::Publish(p)) if p.payload == "hello again"));
+    let mut sub = subscriber(back.addr, "returning2", "kept/#").await;
+    assert!(matches!(sub.recv().await, Some(Packet::Publish(p)) if p.payload == "before"));
     back.stop().await;
     for n in nodes {
         n.stop().await;

@@ -425,6 +425,7 @@ async fn start_node(dir: &Path, config: Config, policy: Policy) -> server::Runni
         extensions_dir: dir.join("extensions"),
         extension_cache_dir: None,
         extension_policy: policy,
+        recovery: false,
     })
     .await
     .expect("node starts")

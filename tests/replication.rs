@@ -5,10 +5,12 @@
 
 mod common;
 mod hosts;
+#[path = "replication/load.rs"]
+mod load;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use apiary::mqtt::{Disconnect, Packet, Properties, ProtocolVersion, PubResponse, QoS};
@@ -434,5 +436,284 @@ async fn messages_published_during_the_takeover_of_a_dead_nodes_sessions_are_not
         receive_until_complete(&mut sub, id, "rep/#", &check, Duration::from_secs(15)).await;
         let (deliveries, duplicates) = check.check_subscriber(id, "rep/#");
         eprintln!("{id}: all acknowledged messages arrived ({deliveries} deliveries, {duplicates} duplicates)");
+    }
+}
+
+/// Persistent subscribers of `filter` (`<prefix>-<i>`, starting on node `i` of `addrs` in
+/// turn), each once its subscription is in place and routed from every node; with the flags
+/// that stop them (`done`) and the checker they record in.
+struct Subscribers {
+    ids: Vec<String>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    done: Arc<AtomicBool>,
+}
+
+impl Subscribers {
+    async fn start(
+        addrs: &[std::net::SocketAddr],
+        prefix: &str,
+        count: usize,
+        filter: &'static str,
+        check: &Arc<Checker>,
+    ) -> Subscribers {
+        let ready = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let ids: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+        let tasks = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                load::subscriber(
+                    addrs.to_vec(),
+                    id.clone(),
+                    filter,
+                    i % addrs.len(),
+                    check.clone(),
+                    ready.clone(),
+                    done.clone(),
+                )
+            })
+            .collect();
+        let deadline = Instant::now() + START;
+        while ready.load(Ordering::Relaxed) < count {
+            assert!(Instant::now() < deadline, "the subscribers did not subscribe");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let probe_topic = format!("{}/probe", filter.trim_end_matches("/#"));
+        load::await_routes(addrs, &probe_topic, &ids, check).await;
+        Subscribers { ids, tasks, done }
+    }
+
+    /// Lets them finish (each once it has everything acknowledged) and checks every promise.
+    async fn finish(self, filter: &str, check: &Checker) {
+        self.done.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("a subscriber failed");
+        }
+        for id in &self.ids {
+            let (deliveries, duplicates) = check.check_subscriber(id, filter);
+            eprintln!(
+                "{id}: every acknowledged message arrived, in order ({deliveries} deliveries, {duplicates} duplicates)"
+            );
+        }
+    }
+}
+
+/// Waits until the publisher has `n` more acknowledgements than at `from`.
+async fn await_acks(check: &Checker, from: usize, n: usize, what: &str) {
+    let deadline = Instant::now() + START;
+    while check.acked_count() < from + n {
+        assert!(Instant::now() < deadline, "the publisher stalled {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Rolling restart under load: a QoS 1 publisher keeps publishing and three persistent
+/// subscribers (one per node) keep receiving while each node in turn is stopped (SIGTERM) and
+/// started again on its data folder; the clients move to the next node each time. Nothing
+/// acknowledged is lost, order per publisher holds, and every session is found after each move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_nothing() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&net, dir.path());
+    let addrs: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
+    let check = Arc::new(Checker::default());
+    let subscribers = Subscribers::start(&addrs, "roll", 3, "roll/#", &check).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = load::publisher(
+        addrs.clone(),
+        "pub",
+        "roll/data",
+        1_000_000,
+        check.clone(),
+        stop.clone(),
+    );
+    await_acks(&check, 0, 100, "at the start").await;
+    for i in 0..nodes.len() {
+        let before = check.acked_count();
+        let t = Instant::now();
+        nodes[i].terminate(START);
+        nodes[i].start();
+        nodes[i].wait_log("Started Apiary in", START);
+        for n in &nodes {
+            n.wait_size(3, START);
+        }
+        assert!(
+            nodes[i]
+                .log_text()
+                .contains("Moved the persistent data of the previous run")
+        );
+        await_acks(&check, before, 200, "after a restart").await;
+        eprintln!(
+            "node{} restarted and back in the cluster in {:?}; {} publishes acknowledged meanwhile",
+            i + 1,
+            t.elapsed(),
+            check.acked_count() - before
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.await.expect("the publisher failed");
+    eprintln!("{sent} published, {} acknowledged", check.acked_count());
+    subscribers.finish("roll/#", &check).await;
+}
+
+/// Grow 3 → 5 → 3 under load: two nodes join (each takes its share of the session copies),
+/// then two of the original nodes leave one after the other (SIGTERM); the sessions that lived
+/// there, and the copies they held, move on. Nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_to_five_and_shrinking_back_to_three_under_load_loses_nothing() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..3).map(|i| net.start_node(dir.path(), i, true)).collect();
+    for n in &nodes {
+        n.wait_log("Started Apiary in", START);
+        n.wait_size(3, START);
+    }
+    let first: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
+    let check = Arc::new(Checker::default());
+    let subscribers = Subscribers::start(&first, "grow", 6, "grow/#", &check).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // The publisher starts on node 3, which stays.
+    let order = vec![first[2], first[0], first[1]];
+    let publisher = load::publisher(order, "pub", "grow/data", 1_000_000, check.clone(), stop.clone());
+    await_acks(&check, 0, 100, "at the start").await;
+
+    let t = Instant::now();
+    nodes.push(net.start_node(dir.path(), 3, true));
+    nodes.push(net.start_node(dir.path(), 4, true));
+    for n in &nodes {
+        n.wait_size(5, START);
+    }
+    for n in &nodes[3..] {
+        n.wait_log("Finished cluster join process successfully.", START);
+    }
+    eprintln!("grown to 5 in {:?}", t.elapsed());
+    let before = check.acked_count();
+    await_acks(&check, before, 200, "after the growth").await;
+
+    for i in 0..2 {
+        let before = check.acked_count();
+        let t = Instant::now();
+        nodes[i].terminate(START);
+        for n in &nodes[i + 1..] {
+            n.wait_size(5 - (i + 1), START);
+        }
+        await_acks(&check, before, 200, "after a node left").await;
+        eprintln!("node{} left in {:?}", i + 1, t.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.await.expect("the publisher failed");
+    eprintln!("{sent} published, {} acknowledged", check.acked_count());
+    subscribers.finish("grow/#", &check).await;
+}
+
+/// Whole-cluster shutdown and restart: with offline persistent sessions holding queued messages
+/// and retained messages on every node, the nodes stop one at a time (SIGTERM); the last one
+/// is started first with `--recovery`, then the others as usual (they set their old data
+/// aside). Every session, every queued message and every retained message is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_shut_down_one_by_one_comes_back_whole_from_the_last_node() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&net, dir.path());
+    let addrs: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
+    let check = Arc::new(Checker::default());
+    let ids: Vec<String> = (0..6).map(|i| format!("sleeper-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let (mut sub, _) = persistent(addrs[i % 3], id, 10).await;
+        subscribe(&mut sub, "whole/#").await;
+        drop(sub);
+    }
+    // Online watchers of the same filter, one per node, show that each node's route reached
+    // every publisher's node.
+    let mut watchers = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let (mut w, _) =
+            RawClient::connect(*addr, connect_packet(ProtocolVersion::V5, &format!("watch-{i}"), true)).await;
+        subscribe(&mut w, "whole/#").await;
+        watchers.push(w);
+    }
+    for (i, addr) in addrs.iter().enumerate() {
+        let name: &'static str = ["p0", "p1", "p2"][i];
+        let (mut publ, _) = RawClient::connect(*addr, connect_packet(ProtocolVersion::V5, name, true)).await;
+        for w in &mut watchers {
+            await_route(&mut publ, w, "whole/probe").await;
+        }
+        for n in 0..50u64 {
+            let retain = n % 10 == 9;
+            let topic = match retain {
+                true => format!("whole/retained/{i}"),
+                false => "whole/data".to_string(),
+            };
+            let payload = checker::payload(name, n);
+            publ.send(&publish_packet(
+                &topic,
+                QoS::AtLeastOnce,
+                (n + 1) as u16,
+                retain,
+                &payload,
+            ))
+            .await;
+            loop {
+                match publ.recv().await {
+                    Some(Packet::PubAck(a)) if a.packet_id > 60_000 => {} // a late probe's
+                    Some(Packet::PubAck(a)) if a.reason < 0x80 => {
+                        check.acked(name, &topic, n, 1, retain);
+                        break;
+                    }
+                    other => panic!("{name}: expected PUBACK, got {other:?}"),
+                }
+            }
+        }
+    }
+    drop(watchers);
+
+    for i in 0..3 {
+        nodes[i].terminate(START);
+        for n in &nodes[i + 1..] {
+            n.wait_size(3 - (i + 1), START);
+        }
+    }
+    let last = &mut nodes[2];
+    last.start_with(&["--recovery"]);
+    last.wait_log("Started Apiary in", START);
+    assert!(last.log_text().contains("Recovery mode"));
+    for n in &mut nodes[..2] {
+        n.start();
+    }
+    for n in &nodes {
+        n.wait_log("Started Apiary in", START);
+        n.wait_size(3, START);
+    }
+    for n in &nodes[..2] {
+        assert!(n.data_dir.join("cluster-backup").join(apiary::store::DB_FILE).exists());
+    }
+
+    for (i, id) in ids.iter().enumerate() {
+        let (mut sub, present) = persistent(addrs[(i + 1) % 3], id, 10).await;
+        assert!(present, "{id}: the session came back");
+        receive_until_complete(&mut sub, id, "whole/#", &check, Duration::from_secs(20)).await;
+        let (deliveries, duplicates) = check.check_subscriber(id, "whole/#");
+        eprintln!("{id}: all {deliveries} queued messages back ({duplicates} duplicates)");
+    }
+    for (i, addr) in addrs.iter().enumerate() {
+        let (mut c, _) = RawClient::connect(*addr, connect_packet(ProtocolVersion::V5, "reader", true)).await;
+        let topic = format!("whole/retained/{i}");
+        c.send(&subscribe_packet(1, &topic, QoS::AtLeastOnce)).await;
+        assert!(matches!(c.recv().await, Some(Packet::SubAck(_))));
+        match c.recv().await {
+            Some(Packet::Publish(p)) => check.check_retained(&topic, Some(&p.payload)),
+            other => panic!("no retained message on {topic}: {other:?}"),
+        }
     }
 }

@@ -314,6 +314,7 @@ async fn start_error(listener: Listener) -> String {
         extensions_dir: dir.path().join("extensions"),
         extension_cache_dir: None,
         extension_policy: Default::default(),
+        recovery: false,
     })
     .await;
     match result {

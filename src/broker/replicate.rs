@@ -13,8 +13,11 @@ use crate::cluster::replication::{Replica, SessionOp};
 use crate::store::Ticket;
 use crate::store::records::{OutgoingRecord, SessionRecord};
 
-/// Sessions whose copies are moved per lock acquisition while rebalancing.
+/// Sessions whose copies are moved per lock acquisition (and per round of acknowledgements)
+/// while rebalancing.
 const REBALANCE_BATCH: usize = 256;
+/// How often a long rebalance logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// The ops that make a full copy of `session` at a backup.
 fn snapshot(session: &Session, backups: &[Arc<str>]) -> Vec<SessionOp> {
@@ -90,8 +93,12 @@ impl Broker {
 
     /// Moves the copies of every local persistent session to the backups the current
     /// membership gives it: a full copy to each new backup, the new list to the kept ones, and
-    /// "forget it" to the dropped ones that are still alive. Works in batches, taking the lock
-    /// per batch, so that client traffic goes on.
+    /// "forget it" to the dropped ones that are still alive, only once the new backups have
+    /// acknowledged their copies (until then the old copy is the one that counts).
+    ///
+    /// Works in batches, taking the lock per batch so that client traffic goes on, and waits
+    /// for a batch's acknowledgements before the next: at most one batch of copies is in
+    /// flight, which bounds the rate to what the backups can store.
     pub async fn rebalance(self: &Arc<Self>) {
         let Some(cluster) = self.cluster.get().cloned() else {
             return;
@@ -109,8 +116,12 @@ impl Broker {
         let alive: Vec<Arc<str>> = cluster.alive_peers();
         let mut moved = 0usize;
         let mut announced = false;
+        let mut last_report = Instant::now();
         let total = clients.len();
         for (i, batch) in clients.chunks(REBALANCE_BATCH).enumerate() {
+            // Copies sent in this batch, and the dropped backups to tell once they are in.
+            let mut sent: Vec<u64> = Vec::new();
+            let mut dropped: Vec<(Arc<str>, Vec<Arc<str>>)> = Vec::new();
             {
                 let mut state = self.lock();
                 for client in batch {
@@ -139,18 +150,35 @@ impl Broker {
                         .filter(|n| !new.contains(n) && alive.contains(n))
                         .cloned()
                         .collect();
-                    cluster.send_session_ops(client, &added, snapshot(session, &new));
+                    sent.extend(cluster.send_session_ops(client, &added, snapshot(session, &new)));
                     let list = SessionOp::Backups(new.iter().map(|n| n.to_string()).collect());
-                    cluster.send_session_ops(client, &kept, vec![list]);
-                    cluster.send_session_ops(client, &gone, vec![SessionOp::DeleteSession]);
+                    sent.extend(cluster.send_session_ops(client, &kept, vec![list]));
+                    if !gone.is_empty() {
+                        dropped.push((client.clone(), gone));
+                    }
                     session.backups = Some(new);
                     moved += 1;
                 }
             }
-            if announced && (i + 1) % 40 == 0 {
+            cluster.wait_requests(&sent).await;
+            if !dropped.is_empty() {
+                let state = self.lock();
+                for (client, gone) in dropped {
+                    // Unless a later change made it a backup again meanwhile. (If the session
+                    // moved to another node, that home's copies ignore ops from us.)
+                    let current = state.sessions.get(&client).and_then(|s| s.backups.as_ref());
+                    let gone: Vec<Arc<str>> = gone
+                        .into_iter()
+                        .filter(|g| current.is_none_or(|c| !c.contains(g)))
+                        .collect();
+                    cluster.send_session_ops(&client, &gone, vec![SessionOp::DeleteSession]);
+                }
+            }
+            if announced && last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
                 tracing::info!(
-                    "Replication is still in progress. Please do not shut down HiveMQ. ({}/{total} sessions checked)",
-                    (i + 1) * REBALANCE_BATCH
+                    "Replication is still in progress. Please do not shut down HiveMQ. ({}/{total} sessions checked, {moved} moved)",
+                    ((i + 1) * REBALANCE_BATCH).min(total)
                 );
             }
             tokio::task::yield_now().await;

@@ -191,6 +191,8 @@ pub struct Cluster {
     /// The sessions this node adopted from each dead node, for its `TakeoverForward`s.
     adopted_from: Mutex<HashMap<NodeId, HashSet<Arc<str>>>>,
     stopping: AtomicBool,
+    /// Held by the rebalance pass in progress.
+    rebalancing: tokio::sync::Mutex<()>,
     /// Turns true when the node leaves: the listener, dialers and core stop.
     pub(crate) stop: watch::Sender<bool>,
     /// True once the join process finished: the node may serve clients.
@@ -234,6 +236,7 @@ impl Cluster {
             takeovers: Mutex::new(Takeovers::default()),
             adopted_from: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            rebalancing: tokio::sync::Mutex::new(()),
             stop: watch::channel(false).0,
             joined,
         });
@@ -548,6 +551,16 @@ impl Cluster {
         }
     }
 
+    /// Waits until each of `seqs` is acknowledged by every node it went to (or they are gone).
+    pub async fn wait_requests(&self, seqs: &[u64]) {
+        let mut changed = self.waits_changed.subscribe();
+        while seqs.iter().any(|s| lock(&self.waits).is_open(*s)) {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     fn acked(&self, node: &NodeId, seq: Option<u64>) {
         let changed = match seq {
             Some(seq) => lock(&self.waits).ack(node, seq),
@@ -769,6 +782,8 @@ impl Cluster {
         tokio::spawn(async move {
             // Let a burst of membership changes settle into one pass.
             tokio::time::sleep(Duration::from_millis(50)).await;
+            // One pass at a time; a pass that waited finds the membership as it is by then.
+            let _one = cluster.rebalancing.lock().await;
             cluster.broker.rebalance().await;
         });
     }

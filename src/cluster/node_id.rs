@@ -1,5 +1,9 @@
-//! The node's cluster id: made once, kept in the data folder, so a node that restarts (even
-//! with another IP) comes back as itself.
+//! The node's cluster id, kept in the data folder.
+//!
+//! A node normally starts as a new member with a new id ([`create`]): its data of the previous
+//! run was set aside (see `store::set_aside`), so to the cluster it is a new node, and the
+//! sessions it held before are taken over by their backups whatever the timing of its restart.
+//! Started with `--recovery`, it keeps its data and so its id ([`load_or_create`]).
 
 use std::fs;
 use std::io::Write;
@@ -7,7 +11,8 @@ use std::path::Path;
 
 use super::NodeId;
 
-const FILE: &str = "cluster-id";
+/// The file in the data folder that holds the id.
+pub const FILE: &str = "cluster-id";
 const LEN: usize = 10;
 
 /// Reads the id from `data_dir/cluster-id`, or makes and saves a new one.
@@ -23,16 +28,24 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<NodeId> {
             );
             Ok(NodeId::from(id))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(data_dir)?;
-            let id = generate();
-            let mut file = fs::File::create(&path)?;
-            file.write_all(id.as_bytes())?;
-            file.sync_all()?;
-            Ok(NodeId::from(id.as_str()))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(data_dir),
         Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
     }
+}
+
+/// Makes a new id and saves it in `data_dir/cluster-id`, replacing the one there.
+pub fn create(data_dir: &Path) -> anyhow::Result<NodeId> {
+    let path = data_dir.join(FILE);
+    let write = || -> std::io::Result<String> {
+        fs::create_dir_all(data_dir)?;
+        let id = generate();
+        let mut file = fs::File::create(&path)?;
+        file.write_all(id.as_bytes())?;
+        file.sync_all()?;
+        Ok(id)
+    };
+    let id = write().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(NodeId::from(id.as_str()))
 }
 
 fn generate() -> String {
@@ -58,5 +71,14 @@ mod tests {
         assert_eq!(load_or_create(dir.path()).unwrap(), first);
         fs::write(dir.path().join(FILE), "not valid!").unwrap();
         assert!(load_or_create(dir.path()).is_err());
+    }
+
+    #[test]
+    fn create_always_makes_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = create(dir.path()).unwrap();
+        let second = create(dir.path()).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(load_or_create(dir.path()).unwrap(), second);
     }
 }

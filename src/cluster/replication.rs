@@ -75,7 +75,7 @@ pub struct Replica {
 }
 
 impl Replica {
-    fn new(home: NodeId) -> Replica {
+    pub fn new(home: NodeId) -> Replica {
         Replica {
             home,
             backups: Vec::new(),
@@ -250,7 +250,7 @@ impl Waits {
         }
     }
 
-    /// `node` acknowledged `seq`. Returns whether a ticket may have become done.
+    /// `node` acknowledged `seq`. Returns whether a request closed (a ticket may be done).
     pub fn ack(&mut self, node: &NodeId, seq: u64) -> bool {
         let Some((_, nodes, _)) = self.requests.get_mut(&seq) else {
             return false;
@@ -262,7 +262,7 @@ impl Waits {
         false
     }
 
-    /// `node` is gone: nothing waits for it any more. Returns whether a ticket may be done.
+    /// `node` is gone: nothing waits for it any more. Returns whether a request closed.
     pub fn drop_node(&mut self, node: &NodeId) -> bool {
         let emptied: Vec<u64> = self
             .requests
@@ -280,7 +280,8 @@ impl Waits {
         let Some((ticket, _, kind)) = self.requests.remove(&seq) else {
             return false;
         };
-        let Some(ticket) = ticket else { return false };
+        // An unbound request (a rebalance's) has no ticket, but someone may wait for it.
+        let Some(ticket) = ticket else { return true };
         let tickets = &mut self.tickets[level(kind)];
         if let Some(n) = tickets.get_mut(&ticket) {
             *n -= 1;
@@ -306,6 +307,11 @@ impl Waits {
 
     pub fn open_requests(&self) -> usize {
         self.requests.len()
+    }
+
+    /// Whether request `seq` still waits for an acknowledgement.
+    pub fn is_open(&self, seq: u64) -> bool {
+        self.requests.contains_key(&seq)
     }
 }
 

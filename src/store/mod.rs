@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::broker::message::Message;
 use crate::broker::retained::RetainedEntry;
 use crate::cluster::hlc::Timestamp;
-use crate::cluster::replication::SessionOp;
+use crate::cluster::replication::{Replica, SessionOp};
 use records::{OutgoingRecord, ReplicaHeader, RetainedVersionRecord, SessionRecord, SubscriptionRecord};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -52,6 +52,8 @@ const FORMAT_VALUE: &[u8] = b"apiary-store-1";
 /// The database file inside the data folder.
 pub const DB_FILE: &str = "apiary.redb";
 const LOCK_FILE: &str = "data.lock";
+/// Where a clustered node moves the persistent data of its previous run (see [`set_aside`]).
+pub const CLUSTER_BACKUP_DIR: &str = "cluster-backup";
 
 /// A change to persistent state.
 #[derive(Debug, Clone)]
@@ -101,6 +103,15 @@ pub struct Loaded {
     pub sessions: HashMap<Arc<str>, LoadedSession>,
     /// Retained messages and tombstones, each with its version.
     pub retained: Vec<RetainedEntry>,
+    /// Copies of other nodes' sessions (this node was one of their backups).
+    pub replicas: Vec<(Arc<str>, Replica)>,
+}
+
+impl Loaded {
+    /// True when the file held no persistent data at all.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.retained.is_empty() && self.replicas.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -140,22 +151,7 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         };
-        fs::create_dir_all(dir).map_err(io)?;
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-            .map_err(io)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked {
-                    path: dir.to_path_buf(),
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io(e)),
-        }
+        let lock = lock_folder(dir)?;
         let path = dir.join(DB_FILE);
         let corrupt = |reason: String| StoreError::Corrupt {
             path: path.clone(),
@@ -378,7 +374,129 @@ fn load(db: &Database) -> Result<Loaded, String> {
             });
         }
     }
+    loaded.replicas = load_replicas(&read)?;
     Ok(loaded)
+}
+
+/// The replica tables (missing in files written before they existed). Rows of a client with
+/// no header are left-overs of an interrupted delete and skipped.
+fn load_replicas(read: &redb::ReadTransaction) -> Result<Vec<(Arc<str>, Replica)>, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let headers = match read.open_table(REPLICA_SESSIONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(err(&e)),
+    };
+    let mut replicas: HashMap<Arc<str>, Replica> = HashMap::new();
+    for row in headers.iter().map_err(|e| err(&e))? {
+        let (k, v) = row.map_err(|e| err(&e))?;
+        let header: ReplicaHeader = decode("replica_sessions", &k.value(), v.value())?;
+        let mut replica = Replica::new(Arc::from(header.home.as_str()));
+        replica.backups = header.backups.iter().map(|b| Arc::from(b.as_str())).collect();
+        replica.record = header.record;
+        replicas.insert(Arc::from(k.value()), replica);
+    }
+    let subs = read.open_table(REPLICA_SUBSCRIPTIONS).map_err(|e| err(&e))?;
+    for row in subs.iter().map_err(|e| err(&e))? {
+        let (k, v) = row.map_err(|e| err(&e))?;
+        let (client, filter) = k.value();
+        let record: SubscriptionRecord = decode("replica_subscriptions", &(client, filter), v.value())?;
+        if let Some(r) = replicas.get_mut(client) {
+            r.subscriptions.insert(filter.to_owned(), record);
+        }
+    }
+    let outgoing = read.open_table(REPLICA_OUTGOING).map_err(|e| err(&e))?;
+    for row in outgoing.iter().map_err(|e| err(&e))? {
+        let (k, v) = row.map_err(|e| err(&e))?;
+        let (client, seq) = k.value();
+        let record: OutgoingRecord = decode("replica_outgoing", &(client, seq), v.value())?;
+        if let Some(r) = replicas.get_mut(client) {
+            r.outgoing.insert(seq, record);
+        }
+    }
+    let qos2 = read.open_table(REPLICA_INCOMING_QOS2).map_err(|e| err(&e))?;
+    for row in qos2.iter().map_err(|e| err(&e))? {
+        let (k, _) = row.map_err(|e| err(&e))?;
+        let (client, pid) = k.value();
+        if let Some(r) = replicas.get_mut(client) {
+            r.incoming_qos2.insert(pid);
+        }
+    }
+    let mut replicas: Vec<(Arc<str>, Replica)> = replicas.into_iter().collect();
+    replicas.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(replicas)
+}
+
+/// A clustered node starts on an empty store and takes its data from the cluster: the copy on
+/// disk may be older than what the other nodes hold now (they took its sessions over while it
+/// was away). So the data file of the previous run, if it holds anything, moves to
+/// `dir/cluster-backup/` (replacing the one kept there before) together with `extra_files`
+/// (the node's cluster id). Returns where it went; `None` if there was nothing to keep.
+///
+/// Holds the folder lock throughout: a folder another process uses is an error, not a move.
+pub fn set_aside(dir: &Path, extra_files: &[&str]) -> Result<Option<PathBuf>, StoreError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, source }
+    };
+    let path = dir.join(DB_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let lock = lock_folder(dir)?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: path.clone(),
+        reason,
+    };
+    let db = Database::create(&path).map_err(|e| corrupt(e.to_string()))?;
+    init_or_check_format(&db, true).map_err(&corrupt)?;
+    let empty = load(&db).map_err(&corrupt)?.is_empty();
+    drop(db);
+    if empty {
+        drop(lock);
+        return Ok(None);
+    }
+    let backup = dir.join(CLUSTER_BACKUP_DIR);
+    if backup.exists() {
+        fs::remove_dir_all(&backup).map_err(io(&backup))?;
+    }
+    fs::create_dir_all(&backup).map_err(io(&backup))?;
+    fs::rename(&path, backup.join(DB_FILE)).map_err(io(&path))?;
+    for name in extra_files {
+        let file = dir.join(name);
+        if file.exists() {
+            fs::rename(&file, backup.join(name)).map_err(io(&file))?;
+        }
+    }
+    File::open(&backup)
+        .and_then(|d| d.sync_all())
+        .and_then(|()| File::open(dir))
+        .and_then(|d| d.sync_all())
+        .map_err(io(&backup))?;
+    drop(lock);
+    Ok(Some(backup))
+}
+
+/// Takes the data folder's lock (held while the returned file is open).
+fn lock_folder(dir: &Path) -> Result<File, StoreError> {
+    let io = |source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(io)?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 fn writer(db: Database, rx: mpsc::Receiver<Batch>, progress: watch::Sender<Progress>, path: PathBuf) {
@@ -708,5 +826,85 @@ mod tests {
         assert_eq!(loaded.retained.len(), 1);
         assert_eq!(loaded.retained[0].version, Timestamp::legacy(20));
         assert_eq!(loaded.retained[0].message.as_ref().unwrap().payload, "old build");
+    }
+
+    fn replica_ops(client: &Arc<str>) -> Vec<StoreOp> {
+        let sub = SubscriptionRecord {
+            qos: 1,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            subscription_id: None,
+        };
+        let record = SessionRecord {
+            expiry_interval: 300,
+            disconnected_at_ms: Some(5),
+            will: None,
+        };
+        vec![
+            StoreOp::ReplicaReset(client.clone(), Arc::from("HOME"), vec!["B1".into()]),
+            StoreOp::Replica(client.clone(), SessionOp::PutSession(record)),
+            StoreOp::Replica(client.clone(), SessionOp::PutSubscription("a/#".into(), sub)),
+            StoreOp::Replica(client.clone(), SessionOp::PutIncomingQos2(7)),
+        ]
+    }
+
+    #[tokio::test]
+    async fn replicas_load_back_with_their_home_and_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let client: Arc<str> = Arc::from("c1");
+        let t = store.submit(replica_ops(&client));
+        store.wait(t).await.unwrap();
+        store.close();
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        assert!(!loaded.is_empty());
+        let [(c, replica)] = &loaded.replicas[..] else {
+            panic!("one replica expected: {:?}", loaded.replicas)
+        };
+        assert_eq!(c, &client);
+        assert_eq!(&*replica.home, "HOME");
+        assert_eq!(replica.backups, vec![Arc::<str>::from("B1")]);
+        assert_eq!(replica.record.as_ref().map(|r| r.expiry_interval), Some(300));
+        assert!(replica.subscriptions.contains_key("a/#"));
+        assert!(replica.incoming_qos2.contains(&7));
+    }
+
+    #[tokio::test]
+    async fn set_aside_moves_a_file_with_data_and_keeps_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(set_aside(dir.path(), &["cluster-id"]).unwrap(), None, "no file yet");
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        assert!(loaded.is_empty());
+        store.close();
+        assert_eq!(set_aside(dir.path(), &["cluster-id"]).unwrap(), None, "nothing in it");
+        assert!(dir.path().join(DB_FILE).exists());
+
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let t = store.submit(vec![StoreOp::PutRetained(
+            Arc::new(message("a", "x", 10)),
+            version(10, 0),
+        )]);
+        store.wait(t).await.unwrap();
+        store.close();
+        fs::write(dir.path().join("cluster-id"), "OLDID").unwrap();
+        // A held lock is an error, not a move.
+        let (held, _) = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            set_aside(dir.path(), &["cluster-id"]),
+            Err(StoreError::Locked { .. })
+        ));
+        held.close();
+
+        let backup = set_aside(dir.path(), &["cluster-id"]).unwrap().expect("moved");
+        assert_eq!(backup, dir.path().join(CLUSTER_BACKUP_DIR));
+        assert!(!dir.path().join(DB_FILE).exists());
+        assert!(!dir.path().join("cluster-id").exists());
+        assert_eq!(fs::read_to_string(backup.join("cluster-id")).unwrap(), "OLDID");
+        // The backup is a whole data folder: it opens and holds the message.
+        let (_kept, loaded) = Store::open(&backup).unwrap();
+        assert_eq!(loaded.retained.len(), 1);
+        let (_fresh, loaded) = Store::open(dir.path()).unwrap();
+        assert!(loaded.is_empty());
     }
 }

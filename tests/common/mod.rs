@@ -54,6 +54,7 @@ impl TestBroker {
             extensions_dir: dir.path().join("extensions"),
             extension_cache_dir: None,
             extension_policy: Default::default(),
+            recovery: false,
         })
         .await
         .expect("broker starts");
@@ -191,6 +192,27 @@ impl RawClient {
             Some(Packet::ConnAck(ack)) => (c, ack),
             other => panic!("expected CONNACK, got {other:?}"),
         }
+    }
+
+    /// [`RawClient::connect`] that gives up (`None`) instead of panicking when the node does
+    /// not accept the connection or closes it.
+    pub async fn try_connect(addr: SocketAddr, connect: Connect) -> Option<(RawClient, mqtt::ConnAck)> {
+        let stream = TcpStream::connect(addr).await.ok()?;
+        let mut c = RawClient::over(stream, connect.protocol);
+        if !c.try_send(&Packet::Connect(connect)).await {
+            return None;
+        }
+        match c.recv_within(WAIT).await {
+            Ok(Some(Packet::ConnAck(ack))) => Some((c, ack)),
+            _ => None,
+        }
+    }
+
+    /// Sends a packet; false if the connection is gone.
+    pub async fn try_send(&mut self, packet: &Packet) -> bool {
+        let mut out = BytesMut::new();
+        mqtt::encode(packet, self.version, &mut out).expect("encode");
+        self.stream.write_all(&out).await.is_ok() && self.stream.flush().await.is_ok()
     }
 
     pub async fn send(&mut self, packet: &Packet) {

@@ -82,6 +82,14 @@ impl Checker {
         }
     }
 
+    /// How many of `publisher`'s messages `subscriber` has received (probes included).
+    pub fn delivered_from(&self, subscriber: &str, publisher: &str) -> usize {
+        self.lock()
+            .delivered
+            .get(subscriber)
+            .map_or(0, |d| d.iter().filter(|((p, _, _), _)| p == publisher).count())
+    }
+
     /// How many publishes were acknowledged so far.
     pub fn acked_count(&self) -> usize {
         self.lock().acked.len()

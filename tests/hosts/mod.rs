@@ -195,6 +195,11 @@ impl Node {
 
     /// (Re)starts the process on the same config and data folder.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// [`Node::start`] with extra arguments to `apiary run` (`--recovery`).
+    pub fn start_with(&mut self, args: &[&str]) {
         self.log.lock().unwrap().clear();
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns])
@@ -204,6 +209,7 @@ impl Node {
             .arg(&self.config)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(args)
             .env("APIARY_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
