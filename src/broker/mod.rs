@@ -25,6 +25,7 @@ use crate::mqtt::{self, QoS, SubscriptionOptions, reason};
 use crate::store::records::{OutgoingRecord, SubscriptionRecord, WillRecord};
 use crate::store::{Loaded, Store, StoreError, StoreOp, Ticket};
 use message::{Message, now_ms};
+pub use replicate::HandBack;
 use retained::{Applied, Retained, RetainedEntry};
 pub use session::{ClaimStamp, SessionExport};
 use session::{ConnectionHandle, Effects, Outbound, QueueLimits, Session};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::message::{Message, now_ms};
-use super::session::{Effects, Session};
-use super::{Broker, Origin, State, Timer, add_subscription};
+use super::session::{Effects, Session, SessionExport};
+use super::{Broker, Origin, State, Timer, add_subscription, remove_session};
 use crate::cluster::replication::{Replica, SessionOp};
 use crate::store::Ticket;
 use crate::store::records::{OutgoingRecord, SessionRecord};
@@ -231,6 +231,110 @@ impl Broker {
         }
         let ticket = self.finish(&mut state, effects, timers);
         (adopted, filters, ticket)
+    }
+}
+
+/// What became of a session this node took over from a node that is back after a partition.
+#[derive(Debug)]
+pub enum HandBack {
+    /// No such session here any more.
+    Nothing,
+    /// Its client is connected here: this copy stays, the other side should send theirs.
+    Connected,
+    /// The copy, removed here, for its original home to merge.
+    Moved(SessionExport),
+}
+
+impl Broker {
+    /// A partition healed: the session of `client`, taken over here while its home seemed
+    /// gone, goes back to that home (which kept its own copy meanwhile) unless its client is
+    /// connected here. Removing it here also tells its backups to forget it.
+    ///
+    /// `moved` runs under the broker lock once the session is gone here (the caller routes its
+    /// filters to the home there, so that no publish finds neither copy).
+    pub fn hand_back(self: &Arc<Self>, client: &str, moved: impl FnOnce(&SessionExport)) -> HandBack {
+        let client: Arc<str> = Arc::from(client);
+        let mut state = self.lock();
+        let export = match state.sessions.get(&client) {
+            None => return HandBack::Nothing,
+            Some(s) if s.connection.is_some() => return HandBack::Connected,
+            Some(s) => s.export(),
+        };
+        let mut effects = Effects::default();
+        remove_session(&mut state, &client, &mut effects);
+        moved(&export);
+        self.finish(&mut state, effects, Vec::new());
+        HandBack::Moved(export)
+    }
+
+    /// A partition healed, and `export` is the copy of `client`'s session that the other side
+    /// kept (it took the session over while this node seemed gone): both copies got messages
+    /// meanwhile. Subscriptions this session lacks are added; the copy's messages that this
+    /// session does not hold are delivered after what it has (so a QoS 1 message that was
+    /// pending at the partition may come twice, which QoS 1 allows). Without a session here, the
+    /// copy becomes the session. Then the whole session is replicated afresh: its backups may
+    /// hold the other side's copy.
+    pub fn merge_session(self: &Arc<Self>, client: &str, export: SessionExport) -> Ticket {
+        let client: Arc<str> = Arc::from(client);
+        let now = now_ms();
+        let mut state = self.lock();
+        let mut effects = Effects::default();
+        let mut timers = Vec::new();
+        if !state.sessions.contains_key(&client) {
+            let record = SessionRecord {
+                expiry_interval: export.expiry_interval,
+                disconnected_at_ms: Some(now),
+                will: None,
+            };
+            let outgoing = export.outgoing.into_iter().map(|o| (0, o)).collect();
+            let replica = Replica {
+                home: Arc::from(""),
+                backups: Vec::new(),
+                record: Some(record),
+                subscriptions: export.subscriptions.into_iter().collect(),
+                outgoing,
+                incoming_qos2: export.incoming_qos2.into_iter().collect(),
+            };
+            adopt(&mut state, &client, replica, now, &mut effects, &mut timers);
+            tracing::info!(%client, "merged a session kept on the other side of a partition (it had none here)");
+            return self.finish(&mut state, effects, timers);
+        }
+        let held: Vec<Arc<Message>> = match state.sessions.get(&client) {
+            Some(s) => s.export().outgoing.into_iter().map(|o| o.message).collect(),
+            None => Vec::new(),
+        };
+        for (filter, sub) in export.subscriptions {
+            let known = state
+                .sessions
+                .get(&client)
+                .is_some_and(|s| s.subscriptions.contains_key(&filter));
+            if !known {
+                add_subscription(&mut state, &client, filter, sub);
+            }
+        }
+        let clients: HashSet<Arc<str>> = HashSet::from([client.clone()]);
+        let mut added = 0usize;
+        for record in export.outgoing {
+            if held.iter().any(|m| **m == *record.message) {
+                continue;
+            }
+            let message = Arc::unwrap_or_clone(record.message);
+            self.route(
+                &mut state,
+                Arc::new(message),
+                Origin::Heir { clients: &clients },
+                &mut effects,
+            );
+            added += 1;
+        }
+        if let Some(session) = state.sessions.get_mut(&client) {
+            session.backups = None;
+            if session.is_persistent() {
+                effects.ops.extend(session.full_record_ops());
+            }
+        }
+        tracing::info!(%client, "merged the session kept on the other side of a partition ({added} message(s) added)");
+        self.finish(&mut state, effects, timers)
     }
 }
 

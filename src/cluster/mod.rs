@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::broker::message::Message;
 use crate::broker::retained::RetainedEntry;
-use crate::broker::{Broker, ClaimAnswer, ClaimStamp, SessionExport};
+use crate::broker::{Broker, ClaimAnswer, ClaimStamp, HandBack, SessionExport};
 use crate::config::{ClusterConfig, ClusterTransport, Discovery};
 use crate::store::records::WillRecord;
 use crate::store::{StoreOp, Ticket};
@@ -190,6 +190,9 @@ pub struct Cluster {
     takeovers: Mutex<Takeovers>,
     /// The sessions this node adopted from each dead node, for its `TakeoverForward`s.
     adopted_from: Mutex<HashMap<NodeId, HashSet<Arc<str>>>>,
+    /// The sessions this node took over, by the node that was their home: if that node comes
+    /// back (a partition healed), it kept its own copies, and the two are merged.
+    taken_from: Mutex<HashMap<NodeId, HashSet<Arc<str>>>>,
     stopping: AtomicBool,
     /// Held by the rebalance pass in progress.
     rebalancing: tokio::sync::Mutex<()>,
@@ -235,6 +238,7 @@ impl Cluster {
             replicas: Mutex::new(Replicas::default()),
             takeovers: Mutex::new(Takeovers::default()),
             adopted_from: Mutex::new(HashMap::new()),
+            taken_from: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             rebalancing: tokio::sync::Mutex::new(()),
             stop: watch::channel(false).0,
@@ -691,6 +695,7 @@ impl Cluster {
             .into_iter()
             .filter_map(|c| self.take_orphan(&c).map(|r| (c, r)))
             .collect();
+        let homes: Vec<(Arc<str>, NodeId)> = replicas.iter().map(|(c, r)| (c.clone(), r.home.clone())).collect();
         let mut local = Vec::new();
         let (adopted, filters, ticket) = self.broker.adopt_replicas(replicas, |adopted| {
             // Under the broker lock, then the route table's: no publish in between.
@@ -726,6 +731,14 @@ impl Cluster {
             });
         }
         let sessions = adopted.len();
+        {
+            let mut taken_from = lock(&self.taken_from);
+            for (client, home) in homes {
+                if adopted.contains(&client) {
+                    taken_from.entry(home).or_default().insert(client);
+                }
+            }
+        }
         lock(&self.adopted_from).insert(gone.clone(), adopted);
         self.broadcast(&wire::Message::TakeoverDone {
             gone: gone.to_string(),
@@ -913,6 +926,39 @@ impl Cluster {
             }
         }
     }
+    /// After a partition: the session of `client` here goes to `node` to be merged there,
+    /// unless its client is connected here: then, with `ask`, `node` is asked for its copy
+    /// instead (without, the client is connected on both sides, and both copies live on).
+    fn hand_back(&self, node: &NodeId, client: &str, ask: bool) {
+        // Until its route snapshot arrives, `node` gets what matches the session here: after
+        // the `SessionMerge` on the same link, so the session's messages keep their order.
+        let routes_to_home = |export: &SessionExport| {
+            let filters = export.subscriptions.iter().map(|(f, _)| f.clone());
+            write(&self.routes).add(node, filters);
+        };
+        let export = match self.broker.hand_back(client, routes_to_home) {
+            HandBack::Nothing => return,
+            HandBack::Moved(export) => Some(export),
+            HandBack::Connected if ask => None,
+            HandBack::Connected => {
+                tracing::warn!(%client, "a client is connected on both sides of a healed partition; both sessions stay");
+                return;
+            }
+        };
+        tracing::info!(
+            %client,
+            "merging a session kept on both sides of a partition (the copy goes {})",
+            if export.is_some() { "to its other node" } else { "here" }
+        );
+        self.send(
+            node,
+            &wire::Message::SessionMerge {
+                client: client.to_owned(),
+                export,
+            },
+        );
+    }
+
     /// A local client connected with a will (`Some`), or its will is settled here (`None`):
     /// the other nodes keep a copy to publish if this node dies.
     pub fn local_will(&self, client: &str, will: Option<WillRecord>) {
@@ -1266,6 +1312,12 @@ impl Core {
                 }
                 cluster.send(&node, &wire::Message::SessionHandover { request, answer });
             }
+            wire::Message::SessionMerge { client, export } => match export {
+                Some(export) => {
+                    cluster.broker.merge_session(&client, export);
+                }
+                None => cluster.hand_back(&node, &client, false),
+            },
             wire::Message::SessionHandover { request, answer } => {
                 cluster.claim_answered(&node, Some(request), Some(answer));
             }
@@ -1292,6 +1344,7 @@ impl Core {
                 }
                 tracing::info!(%node, "node joined the cluster ({})", self.membership.address_of(&node).unwrap_or("?"));
                 lock(&self.cluster.adopted_from).remove(&node);
+                let adopted = lock(&self.cluster.taken_from).remove(&node);
                 self.publish_alive();
                 // Our state for the peer, then the marker that it is complete.
                 let cluster = &self.cluster;
@@ -1312,6 +1365,12 @@ impl Core {
                     cluster.send(&node, &message);
                 }
                 cluster.send(&node, &wire::Message::SyncDone);
+                // Sessions we took over from it while it seemed gone: it kept its own copies.
+                if merge && cluster.peer_version(&node) >= 5 {
+                    for client in adopted.unwrap_or_default() {
+                        cluster.hand_back(&node, &client, true);
+                    }
+                }
                 cluster.rebalance();
                 if self.synced_early.remove(&node) {
                     self.synced(merge);

@@ -18,6 +18,8 @@
 //!   routes of the adopted sessions), and messages parked for its heirs meanwhile follow
 //!   ([`Message::TakeoverForward`], acknowledged by `ForwardAck`); see `cluster::takeover`. A
 //!   version 3 peer gets the routes as `RoutesAdded` and is not waited for.
+//! - 5: after a partition heals, a session that both sides kept is merged into one
+//!   ([`Message::SessionMerge`]). A version 4 peer is sent none (both copies live on).
 //!
 //! [`Message`] is one enum for every version: a variant's position is its tag on the wire, so
 //! variants are only ever appended. A variant added in version N is never sent on a connection
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::message::Message as MqttMessage;
 use crate::broker::retained::RetainedEntry;
+use crate::broker::session::SessionExport;
 use crate::broker::{ClaimAnswer, ClaimStamp};
 use crate::cluster::replication::SessionOp;
 use crate::store::records::WillRecord;
@@ -38,7 +41,7 @@ pub const MAGIC: [u8; 8] = *b"APIARY-C";
 /// The protocol versions this build speaks. A release must keep speaking the previous one
 /// (rolling upgrades).
 pub const MIN_VERSION: u16 = 1;
-pub const MAX_VERSION: u16 = 4;
+pub const MAX_VERSION: u16 = 5;
 
 /// The largest frame accepted: a maximal MQTT message plus room for the envelope.
 pub const MAX_FRAME: usize = 268_435_460 + 64 * 1024;
@@ -191,6 +194,14 @@ pub enum Message {
         gone: String,
         message: MqttMessage,
     },
+    /// (5) A partition healed, and the sender had taken over `client`'s session from the
+    /// receiver meanwhile. `Some`: the sender's copy, which it dropped, to merge into the
+    /// receiver's (see `Broker::merge_session`). `None`: the client is connected at the sender,
+    /// so the receiver is asked to send its copy this way instead.
+    SessionMerge {
+        client: String,
+        export: Option<SessionExport>,
+    },
 }
 
 /// The form of a message for an older peer.
@@ -210,10 +221,12 @@ impl Message {
     /// the version's physical time as `created_ms`.
     /// Version 2 peers get acknowledged forwards as plain ones and no session replication.
     pub fn downgrade(&self, version: u16) -> Downgrade {
-        if version >= 4 {
+        if version >= 5 {
             return Downgrade::Same;
         }
         match self {
+            Message::SessionMerge { .. } => Downgrade::Skip,
+            _ if version >= 4 => Downgrade::Same,
             Message::TakeoverDone { filters, .. } if filters.is_empty() => Downgrade::Skip,
             Message::TakeoverDone { filters, .. } => {
                 Downgrade::Replace(Box::new(Message::RoutesAdded(filters.clone())))
@@ -362,6 +375,20 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
         {
             Err(WireError::BadNodeId)
         }
+        Message::SessionMerge { client, export } => {
+            if client.is_empty() || client.len() > 65_535 {
+                return Err(WireError::BadTopic(client.clone()));
+            }
+            if let Some(export) = export {
+                if let Some((f, _)) = export.subscriptions.iter().find(|(f, _)| !valid_subscription(f)) {
+                    return Err(WireError::BadTopic(f.clone()));
+                }
+                if let Some(o) = export.outgoing.iter().find(|o| !topics_ok(&o.message)) {
+                    return Err(WireError::BadTopic(o.message.topic.clone()));
+                }
+            }
+            Ok(message)
+        }
         Message::TakeoverDone { filters, .. } => match filters_ok(filters) {
             Some(bad) => Err(WireError::BadTopic(bad)),
             None => Ok(message),
@@ -484,7 +511,12 @@ mod tests {
         assert_eq!(negotiate(1, 3), Some(3));
         assert_eq!(negotiate(2, 2), Some(2), "a version 2 node is still served");
         assert_eq!(negotiate(1, 4), Some(4));
-        assert_eq!(negotiate(5, 6), None, "a peer that speaks none of ours");
+        assert_eq!(negotiate(1, 5), Some(5));
+        assert_eq!(
+            negotiate(MAX_VERSION + 1, MAX_VERSION + 2),
+            None,
+            "a peer that speaks none of ours"
+        );
     }
 
     /// A version 3 peer gets a takeover report as the routes it carries, and no parked

@@ -97,6 +97,11 @@ impl Checker {
 
     /// The acknowledged messages matching `filter` that `subscriber` has not received.
     pub fn missing(&self, subscriber: &str, filter: &str) -> Vec<Key> {
+        self.missing_among_first(subscriber, filter, usize::MAX)
+    }
+
+    /// [`Checker::missing`] among the first `n` acknowledged publishes.
+    pub fn missing_among_first(&self, subscriber: &str, filter: &str, n: usize) -> Vec<Key> {
         let s = self.lock();
         let got: HashSet<&Key> = s
             .delivered
@@ -105,6 +110,7 @@ impl Checker {
             .unwrap_or_default();
         s.acked
             .iter()
+            .take(n)
             .filter(|((_, topic, _), _)| matches(filter, topic))
             .filter(|(k, _)| !got.contains(k))
             .map(|(k, _)| k.clone())
@@ -115,7 +121,12 @@ impl Checker {
     /// the first publish): nothing acknowledged missing, QoS 2 exactly once, order per
     /// publisher and topic. Returns the number of deliveries and of duplicates.
     pub fn check_subscriber(&self, subscriber: &str, filter: &str) -> (usize, usize) {
-        let missing = self.missing(subscriber, filter);
+        self.check_subscriber_up_to(subscriber, filter, usize::MAX)
+    }
+
+    /// [`Checker::check_subscriber`], with only the first `n` acknowledged publishes required.
+    pub fn check_subscriber_up_to(&self, subscriber: &str, filter: &str, n: usize) -> (usize, usize) {
+        let missing = self.missing_among_first(subscriber, filter, n);
         assert!(
             missing.is_empty(),
             "{subscriber}: {} acknowledged message(s) never arrived, first {:?}",

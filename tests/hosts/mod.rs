@@ -117,6 +117,33 @@ impl Net {
         )
     }
 
+    /// [`Net::start_node`] with `<replication><replica-count>` set (and room for 100,000
+    /// queued messages per client).
+    pub fn start_node_with_replicas(&self, dir: &std::path::Path, i: usize, replica_count: usize) -> Node {
+        let all: Vec<_> = self.hosts.iter().map(|h| h.ip).collect();
+        let host = &self.hosts[i];
+        let config = cluster_config(host.ip, &all, true).replacen(
+            "<enabled>true</enabled>",
+            &format!(
+                "<enabled>true</enabled><replication><replica-count>{replica_count}</replica-count></replication>"
+            ),
+            1,
+        );
+        // Queues that hold what a partition test publishes meanwhile.
+        let config = config.replacen(
+            "<cluster>",
+            "<mqtt><queued-messages><max-queue-size>100000</max-queue-size></queued-messages></mqtt><cluster>",
+            1,
+        );
+        Node::spawn(
+            &format!("node{}", i + 1),
+            &host.ns,
+            host.ip,
+            &dir.join(format!("n{}", i + 1)),
+            &config,
+        )
+    }
+
     /// Cuts host `i` off the network (no FIN, no RST: packets just stop), or repairs it.
     pub fn set_link(&self, i: usize, up: bool) {
         ip(&["link", "set", &self.hosts[i].link, if up { "up" } else { "down" }]);
