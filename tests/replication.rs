@@ -8,7 +8,7 @@ mod hosts;
 #[path = "replication/load.rs"]
 mod load;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -303,52 +303,6 @@ fn taken_over(node: &Node) -> usize {
         .sum()
 }
 
-/// A QoS 1 publisher of `topic` that keeps going until `stop` (at most `limit` messages, 10
-/// unacknowledged at most, one every 2 ms), recording each PUBACK in `check`.
-fn continuous_publisher(
-    mut publ: RawClient,
-    name: &'static str,
-    topic: &'static str,
-    limit: u64,
-    check: Arc<Checker>,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut in_flight: HashMap<u16, u64> = HashMap::new();
-        let mut next = 0u64;
-        loop {
-            let stopping = stop.load(Ordering::Relaxed) || next >= limit;
-            if stopping && in_flight.is_empty() {
-                return next;
-            }
-            if !stopping && in_flight.len() < 10 {
-                let pid = (next % 60_000 + 1) as u16;
-                let payload = checker::payload(name, next);
-                publ.send(&publish_packet(topic, QoS::AtLeastOnce, pid, false, &payload))
-                    .await;
-                in_flight.insert(pid, next);
-                next += 1;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            let wait = if stopping || in_flight.len() >= 10 {
-                Duration::from_secs(20)
-            } else {
-                Duration::from_millis(1)
-            };
-            match publ.recv_within(wait).await {
-                Ok(Some(Packet::PubAck(ack))) => {
-                    assert!(ack.reason < 0x80, "{ack:?}");
-                    let n = in_flight.remove(&ack.packet_id).expect("a PUBACK for a packet sent");
-                    check.acked(name, topic, n, 1, false);
-                }
-                Ok(other) => panic!("{name}: expected PUBACK, got {other:?}"),
-                Err(_) if stopping || in_flight.len() >= 10 => panic!("{name}: no PUBACK within 20 s"),
-                Err(_) => {}
-            }
-        }
-    })
-}
-
 /// Receives (and acknowledges) messages on `sub` until nothing acknowledged matching `filter`
 /// is missing, recording them in `check`; fails after `timeout`.
 async fn receive_until_complete(sub: &mut RawClient, id: &str, filter: &str, check: &Checker, timeout: Duration) {
@@ -405,7 +359,16 @@ async fn messages_published_during_the_takeover_of_a_dead_nodes_sessions_are_not
 
     let check = Arc::new(Checker::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = continuous_publisher(publ, "pub", "rep/data", 900, check.clone(), stop.clone());
+    drop(publ);
+    let publisher = load::publisher(
+        vec![nodes[1].mqtt],
+        "pub",
+        "rep/data",
+        900,
+        FAST,
+        check.clone(),
+        stop.clone(),
+    );
     let deadline = Instant::now() + START;
     while check.acked_count() < 100 {
         assert!(Instant::now() < deadline, "the publisher got no PUBACKs");

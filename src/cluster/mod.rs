@@ -975,6 +975,12 @@ impl Cluster {
     /// promotes its copy and replicates it on, so the replica count is kept.
     pub async fn leave(&self) {
         let started = Instant::now();
+        // Copies still owed to the current membership first (a pass may not have started yet
+        // when a node stops right after another one left): the waits below then cover them.
+        {
+            let _one = self.rebalancing.lock().await;
+            self.broker.rebalance().await;
+        }
         let sessions = self.broker.persistent_session_count();
         if sessions > 0 && !self.alive_peers().is_empty() {
             tracing::info!(
