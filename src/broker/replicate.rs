@@ -318,10 +318,9 @@ impl Broker {
             if held.iter().any(|m| **m == *record.message) {
                 continue;
             }
-            let message = Arc::unwrap_or_clone(record.message);
             self.route(
                 &mut state,
-                Arc::new(message),
+                record.message,
                 Origin::Heir { clients: &clients },
                 &mut effects,
             );
