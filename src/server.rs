@@ -186,15 +186,14 @@ async fn recover_replicas(
     if replicas.is_empty() {
         return Ok(());
     }
-    let clients: Vec<Arc<str>> = replicas.iter().map(|(c, _)| c.clone()).collect();
+    let copies = replicas.len();
+    // Each copy is deleted in the same write that stores the session it becomes.
     let (adopted, _, ticket) = broker.adopt_replicas(replicas, |_| Vec::new());
     broker.wait(ticket).await.context("recovering the session copies")?;
-    let forget = broker.submit(clients.iter().cloned().map(store::StoreOp::ReplicaDelete).collect());
-    broker.wait(forget).await.context("recovering the session copies")?;
     tracing::info!(
         "Recovery mode: {} of {} copies of other nodes' sessions became sessions of this node.",
         adopted.len(),
-        clients.len()
+        copies
     );
     Ok(())
 }

@@ -496,7 +496,6 @@ async fn await_acks(check: &Checker, from: usize, n: usize, what: &str) {
 /// started again on its data folder; the clients move to the next node each time. Nothing
 /// acknowledged is lost, order per publisher holds, and every session is found after each move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky under load (a client once read a corrupt PUBACK around a shutdown; a restarted node once had nothing to set aside): run with --ignored --test-threads 1"]
 async fn a_rolling_restart_under_load_loses_nothing() {
     if skip() {
         return;
@@ -543,9 +542,10 @@ async fn a_rolling_restart_under_load_loses_nothing() {
 
 /// Grow 3 → 5 → 3 under load: two nodes join (each takes its share of the session copies),
 /// then two of the original nodes leave one after the other (SIGTERM); the sessions that lived
-/// there, and the copies they held, move on. Nothing acknowledged is lost.
+/// there, and the copies they held, move on. Nothing acknowledged is lost. (Without the
+/// redirect of messages for sessions just handed over, see `cluster::handed`, 1 to 3 messages
+/// went missing in 8 of 8 runs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky under load (3 of ~700 acknowledged messages once missing at one subscriber): run with --ignored --test-threads 1"]
 async fn growing_to_five_and_shrinking_back_to_three_under_load_loses_nothing() {
     if skip() {
         return;
@@ -595,20 +595,10 @@ async fn growing_to_five_and_shrinking_back_to_three_under_load_loses_nothing() 
     subscribers.finish("grow/#", &check).await;
 }
 
-/// Whole-cluster shutdown and restart: with offline persistent sessions holding queued messages
-/// and retained messages on every node, the nodes stop one at a time (SIGTERM); the last one
-/// is started first with `--recovery`, then the others as usual (they set their old data
-/// aside). Every session, every queued message and every retained message is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_shut_down_one_by_one_comes_back_whole_from_the_last_node() {
-    if skip() {
-        return;
-    }
-    let net = Net::new(3);
-    let dir = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(&net, dir.path());
-    let addrs: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
-    let check = Arc::new(Checker::default());
+/// Six offline persistent sessions of `whole/#` (two per node) with 150 queued QoS 1 messages
+/// each (50 published on every node, every tenth retained on `whole/retained/{node}`); returns
+/// their client ids.
+async fn seed_sleepers(addrs: &[std::net::SocketAddr], check: &Checker) -> Vec<String> {
     let ids: Vec<String> = (0..6).map(|i| format!("sleeper-{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         let (mut sub, _) = persistent(addrs[i % 3], id, 10).await;
@@ -658,6 +648,24 @@ async fn a_cluster_shut_down_one_by_one_comes_back_whole_from_the_last_node() {
         }
     }
     drop(watchers);
+    ids
+}
+
+/// Whole-cluster shutdown and restart: with offline persistent sessions holding queued messages
+/// and retained messages on every node, the nodes stop one at a time (SIGTERM); the last one
+/// is started first with `--recovery`, then the others as usual (they set their old data
+/// aside). Every session, every queued message and every retained message is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_shut_down_one_by_one_comes_back_whole_from_the_last_node() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&net, dir.path());
+    let addrs: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
+    let check = Arc::new(Checker::default());
+    let ids = seed_sleepers(&addrs, &check).await;
 
     for i in 0..3 {
         nodes[i].terminate(START);
@@ -687,6 +695,11 @@ async fn a_cluster_shut_down_one_by_one_comes_back_whole_from_the_last_node() {
         let (deliveries, duplicates) = check.check_subscriber(id, "whole/#");
         eprintln!("{id}: all {deliveries} queued messages back ({duplicates} duplicates)");
     }
+    check_retained(&addrs, &check).await;
+}
+
+/// Every retained message `seed_sleepers` published is there, read through each address.
+async fn check_retained(addrs: &[std::net::SocketAddr], check: &Checker) {
     for (i, addr) in addrs.iter().enumerate() {
         let (mut c, _) = RawClient::connect(*addr, connect_packet(ProtocolVersion::V5, "reader", true)).await;
         let topic = format!("whole/retained/{i}");
@@ -697,6 +710,49 @@ async fn a_cluster_shut_down_one_by_one_comes_back_whole_from_the_last_node() {
             other => panic!("no retained message on {topic}: {other:?}"),
         }
     }
+}
+
+/// Power loss of the whole cluster: with replica-count 3 every node has a copy of every
+/// session. All three are killed (SIGKILL, nothing handed over); one of them is started alone
+/// with `--recovery`, and turns the copies of the other nodes' sessions into sessions of its
+/// own: every session, every queued message and every retained message is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_power_loss_one_node_started_with_recovery_brings_back_every_session() {
+    if skip() {
+        return;
+    }
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..3).map(|i| net.start_node_with_replicas(dir.path(), i, 3)).collect();
+    for n in &nodes {
+        n.wait_log("Started Apiary in", START);
+        n.wait_size(3, START);
+    }
+    let addrs: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
+    let check = Arc::new(Checker::default());
+    let ids = seed_sleepers(&addrs, &check).await;
+    for n in &mut nodes {
+        n.kill();
+    }
+    let survivor = &mut nodes[1];
+    survivor.start_with(&["--recovery"]);
+    survivor.wait_log("Started Apiary in", START);
+    let log = survivor.log_text();
+    for line in log.lines().filter(|l| l.contains("Recovery mode")) {
+        eprintln!("{line}");
+    }
+    let addr = survivor.mqtt;
+    for id in &ids {
+        let (mut sub, present) = persistent(addr, id, 10).await;
+        if !present {
+            eprintln!("{id} is missing; the survivor's log:\n{}", nodes[1].log_text());
+        }
+        assert!(present, "{id}: the session came back");
+        receive_until_complete(&mut sub, id, "whole/#", &check, Duration::from_secs(20)).await;
+        let (deliveries, duplicates) = check.check_subscriber(id, "whole/#");
+        eprintln!("{id}: all {deliveries} queued messages back ({duplicates} duplicates)");
+    }
+    check_retained(&[addr, addr, addr], &check).await;
 }
 
 /// A partition of one node against two for 20 s under load, with replica-count 3 (every node

@@ -7,6 +7,7 @@
 //! (sockets, disk) happens elsewhere; every change here is a plain in-memory step plus a list
 //! of [`session::Effects`].
 
+mod handover;
 pub mod message;
 mod replicate;
 pub mod retained;
@@ -24,6 +25,7 @@ use crate::config::{MqttConfig, Restrictions, Security};
 use crate::mqtt::{self, QoS, SubscriptionOptions, reason};
 use crate::store::records::{OutgoingRecord, SubscriptionRecord, WillRecord};
 use crate::store::{Loaded, Store, StoreError, StoreOp, Ticket};
+pub use handover::HandedDelivery;
 use message::{Message, now_ms};
 pub use replicate::HandBack;
 use retained::{Applied, Retained, RetainedEntry};
@@ -82,9 +84,10 @@ struct State {
     local_filters: HashMap<String, usize>,
     /// Route changes not yet told to the cluster: (added, removed).
     route_changes: (Vec<String>, Vec<String>),
-    /// Connections waiting for the other nodes to hand over their client id's session, with
-    /// whether a newer connection elsewhere has superseded them meanwhile.
-    claims: HashMap<Arc<str>, (ClaimStamp, bool)>,
+    /// Connections waiting for the other nodes to hand over their client id's session.
+    claims: HashMap<Arc<str>, handover::Claim>,
+    /// Sessions handed over to this node moments ago, and the QoS 2 messages they were given.
+    recent_qos2: handover::RecentQos2,
 }
 
 impl Default for State {
@@ -101,6 +104,7 @@ impl Default for State {
             local_filters: HashMap::new(),
             route_changes: Default::default(),
             claims: HashMap::new(),
+            recent_qos2: Default::default(),
         }
     }
 }
@@ -434,7 +438,7 @@ impl Broker {
 
     /// Registers a connection of `client` that is asking the other nodes for its session.
     pub fn begin_claim(&self, client: &Arc<str>, stamp: ClaimStamp) {
-        self.lock().claims.insert(client.clone(), (stamp, false));
+        self.lock().claims.insert(client.clone(), handover::Claim::new(stamp));
     }
 
     /// Forgets a claim whose connection was refused.
@@ -448,11 +452,18 @@ impl Broker {
         let now = now_ms();
         let mut state = self.lock();
         let client: Arc<str> = Arc::from(client);
-        if let Some((ours, superseded)) = state.claims.get_mut(&client) {
-            if *ours > *stamp {
+        if let Some(claim) = state.claims.get_mut(&client) {
+            if claim.stamp > *stamp {
                 return ClaimAnswer::Refused;
             }
-            *superseded = true;
+            claim.superseded = true;
+            if !claim.parked.is_empty() {
+                tracing::warn!(
+                    %client,
+                    count = claim.parked.len(),
+                    "a newer connection elsewhere claimed a session while messages redirected to it waited here; they are dropped"
+                );
+            }
         }
         let Some(session) = state.sessions.get_mut(&client) else {
             return ClaimAnswer::Handover(None);
@@ -492,12 +503,16 @@ impl Broker {
         let mut state = self.lock();
         let mut effects = Effects::default();
         let client = req.client_id.clone();
-        if let Some((_, true)) = state.claims.remove(&client) {
-            return None;
-        }
+        let parked = match state.claims.remove(&client) {
+            Some(claim) if claim.superseded => return None,
+            Some(claim) => claim.parked,
+            None => Vec::new(),
+        };
         if let Some(export) = req.imported {
             self.install_imported(&mut state, &client, export, &mut effects);
+            Broker::handover_installed(&mut state, &client);
         }
+        self.deliver_parked(&mut state, &client, parked, &mut effects);
 
         let mut session_present = false;
         if let Some(existing) = state.sessions.get_mut(&client) {
@@ -556,6 +571,9 @@ impl Broker {
     /// Installs a session handed over by another node (replacing a stale local copy).
     fn install_imported(&self, state: &mut State, client: &Arc<str>, export: SessionExport, effects: &mut Effects) {
         remove_session(state, client, effects);
+        // A copy of it kept here (as a backup, or our own replica of a dead node's session
+        // handed to this connection) ends in the same write that stores the session.
+        effects.ops.push(StoreOp::ReplicaDelete(client.clone()));
         let now = now_ms();
         let outgoing: Vec<(u64, OutgoingRecord)> = export.outgoing.into_iter().map(|r| (state.seq(), r)).collect();
         let record = crate::store::records::SessionRecord {
@@ -1010,6 +1028,10 @@ impl Broker {
         }
         matched |= !direct.is_empty() || !groups.is_empty();
         for (client, (qos, retain, subscription_ids)) in direct {
+            if qos == 2 && !state.recent_qos2.is_empty() && state.recent_qos2.is_repeat(&client, &message, now) {
+                tracing::debug!(%client, topic = %message.topic, "second copy of a QoS 2 message during a handover dropped");
+                continue;
+            }
             let seq = state.seq();
             let Some(session) = state.sessions.get_mut(&client) else {
                 continue;

@@ -10,8 +10,8 @@ use super::message::{Message, now_ms};
 use super::session::{Effects, Session, SessionExport};
 use super::{Broker, Origin, State, Timer, add_subscription, remove_session};
 use crate::cluster::replication::{Replica, SessionOp};
-use crate::store::Ticket;
 use crate::store::records::{OutgoingRecord, SessionRecord};
+use crate::store::{StoreOp, Ticket};
 
 /// Sessions whose copies are moved per lock acquisition (and per round of acknowledgements)
 /// while rebalancing.
@@ -346,6 +346,8 @@ fn adopt(
     effects: &mut Effects,
     timers: &mut Vec<Timer>,
 ) -> bool {
+    // In the same write as the session it becomes (or, if it does not, as its end).
+    effects.ops.push(StoreOp::ReplicaDelete(client.clone()));
     if state.sessions.contains_key(client) {
         tracing::info!(%client, "a replicated session was not taken over: the client is here already");
         return false;

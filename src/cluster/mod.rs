@@ -10,10 +10,12 @@
 //! - [`placement`]: which nodes keep the copies of a persistent session (rendezvous hashing).
 //! - [`replication`]: session ops, the copies kept for other nodes, and acknowledgement waits.
 //! - [`takeover`]: messages parked while a dead node's sessions are taken over by their heirs.
+//! - [`handed`]: sessions just handed to another node's connection, whose messages follow them.
 //!
 //! One core task owns the membership and applies every event in order; the broker talks to the
 //! cluster through [`Cluster`]'s methods, which never block.
 
+pub mod handed;
 pub mod hlc;
 pub mod membership;
 pub mod node_id;
@@ -34,7 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::broker::message::Message;
 use crate::broker::retained::RetainedEntry;
-use crate::broker::{Broker, ClaimAnswer, ClaimStamp, HandBack, SessionExport};
+use crate::broker::{Broker, ClaimAnswer, ClaimStamp, HandBack, HandedDelivery, SessionExport};
 use crate::config::{ClusterConfig, ClusterTransport, Discovery};
 use crate::store::records::WillRecord;
 use crate::store::{StoreOp, Ticket};
@@ -193,6 +195,8 @@ pub struct Cluster {
     /// The sessions this node took over, by the node that was their home: if that node comes
     /// back (a partition healed), it kept its own copies, and the two are merged.
     taken_from: Mutex<HashMap<NodeId, HashSet<Arc<str>>>>,
+    /// Sessions handed to other nodes' connections moments ago (lock order: after `routes`).
+    handed: Mutex<handed::Handed>,
     stopping: AtomicBool,
     /// Held by the rebalance pass in progress.
     rebalancing: tokio::sync::Mutex<()>,
@@ -239,6 +243,7 @@ impl Cluster {
             takeovers: Mutex::new(Takeovers::default()),
             adopted_from: Mutex::new(HashMap::new()),
             taken_from: Mutex::new(HashMap::new()),
+            handed: Mutex::new(handed::Handed::default()),
             stopping: AtomicBool::new(false),
             rebalancing: tokio::sync::Mutex::new(()),
             stop: watch::channel(false).0,
@@ -430,7 +435,79 @@ impl Cluster {
         }
         drop(takeovers);
         drop(routes);
+        if !shared_only {
+            acks.extend(self.redirect_handed(message));
+        }
         (forwarded, local)
+    }
+
+    /// A message `node` redirected to us for `client`'s session, which we took over from it
+    /// moments ago: delivered (or parked until the session is installed), then acknowledged.
+    /// If the session moved on again meanwhile, the message follows it.
+    fn handed_forward(self: &Arc<Self>, node: NodeId, seq: u64, client: String, message: Message) {
+        let (ticket, onward) = match self.broker.deliver_handed(&client, message) {
+            HandedDelivery::Delivered(ticket) => (ticket, Vec::new()),
+            HandedDelivery::Parked => (0, Vec::new()),
+            HandedDelivery::NoSession(message) => {
+                let next = lock(&self.handed).holder(&client);
+                match next {
+                    Some(next) if next != node => (0, self.redirect_to(&client, &next, &message)),
+                    _ => {
+                        tracing::debug!(%client, %node, "a redirected message found no session here");
+                        (0, Vec::new())
+                    }
+                }
+            }
+        };
+        if seq != 0 {
+            self.send_after_requests(
+                node,
+                ticket,
+                Some(Kind::Session),
+                onward,
+                wire::Message::ForwardAck { seq },
+            );
+        }
+    }
+
+    /// A message matching sessions handed to other nodes moments ago goes to each new holder
+    /// as well, for that session only (see [`handed`]). Returns the requests to wait for.
+    fn redirect_handed(&self, message: &Message) -> Vec<u64> {
+        let targets = {
+            let handed = lock(&self.handed);
+            if handed.is_empty() {
+                return Vec::new();
+            }
+            handed.matching(&message.topic)
+        };
+        targets
+            .into_iter()
+            .flat_map(|(client, node)| self.redirect_to(&client, &node, message))
+            .collect()
+    }
+
+    /// Sends `message` to `node` for `client`'s session; the request to wait for, if any.
+    fn redirect_to(&self, client: &str, node: &NodeId, message: &Message) -> Vec<u64> {
+        if self.peer_version(node) < 6 {
+            return Vec::new();
+        }
+        let seq = match message.qos {
+            0 => 0,
+            _ => self.request(Kind::Forward, std::iter::once(node.clone())),
+        };
+        tracing::trace!(%client, %node, topic = %message.topic, "redirecting a message for a handed-over session");
+        self.send(
+            node,
+            &wire::Message::HandedForward {
+                seq,
+                client: client.to_owned(),
+                message: message.clone(),
+            },
+        );
+        match seq {
+            0 => Vec::new(),
+            seq => vec![seq],
+        }
     }
 
     /// The shared-group messages a node settled (its member acknowledged or dropped them).
@@ -578,6 +655,18 @@ impl Cluster {
     /// Sends `message` to `node` once everything up to `ticket` is committed here (and, with
     /// `Some(Kind::Session)`, at this node's own sessions' backups).
     fn send_after(self: &Arc<Self>, node: NodeId, ticket: Ticket, after: Option<Kind>, message: wire::Message) {
+        self.send_after_requests(node, ticket, after, Vec::new(), message);
+    }
+
+    /// [`Cluster::send_after`], once `requests` are acknowledged as well.
+    fn send_after_requests(
+        self: &Arc<Self>,
+        node: NodeId,
+        ticket: Ticket,
+        after: Option<Kind>,
+        requests: Vec<u64>,
+        message: wire::Message,
+    ) {
         let cluster = self.clone();
         tokio::spawn(async move {
             let stored = match cluster.broker.store() {
@@ -587,6 +676,7 @@ impl Cluster {
             if let Some(kind) = after {
                 cluster.wait_replicated(ticket, kind).await;
             }
+            cluster.wait_requests(&requests).await;
             match stored {
                 Ok(()) => cluster.send(&node, &message),
                 // Not stored: no acknowledgement; the sender stops waiting when it gives up on us.
@@ -616,17 +706,15 @@ impl Cluster {
     }
 
     /// Takes our copy of `client`'s session if its home is gone and we are its heir: for a
-    /// client that connects before the copy was promoted.
+    /// client that connects before the copy was promoted. The copy stays on disk until the
+    /// caller stores what replaces it, in the same write (a SIGKILL in between loses nothing).
     fn take_orphan(&self, client: &str) -> Option<Replica> {
         let alive = self.alive_set();
         let mut replicas = lock(&self.replicas);
         if !replicas.is_heir(client, &self.me, &alive) {
             return None;
         }
-        let replica = replicas.take(client)?;
-        drop(replicas);
-        self.broker.submit(vec![StoreOp::ReplicaDelete(Arc::from(client))]);
-        Some(replica)
+        replicas.take(client)
     }
 
     /// A node is gone: its routes stay, under its takeover id, until every live peer that
@@ -850,6 +938,8 @@ impl Cluster {
         stamp: &ClaimStamp,
         clean_start: bool,
     ) -> Result<Option<SessionExport>, ClaimRefused> {
+        // The session comes back here if we handed it away moments ago: no more redirects.
+        lock(&self.handed).forget(client);
         // Our own copy, if its home is gone and we are its heir (not yet promoted).
         let local = self.take_orphan(client).map(|r| replica_export(&r));
         let peers = self.alive_peers();
@@ -1132,10 +1222,15 @@ impl Core {
                 self.membership.heard(&node, now);
                 self.on_message(node, message);
             }
-            CoreEvent::LocalRoutes { added, removed } => {
+            CoreEvent::LocalRoutes { added, mut removed } => {
+                let mut handed = lock(&self.cluster.handed);
                 for f in &added {
                     self.local_filters.insert(f.clone());
+                    handed.route_back(f);
                 }
+                // A handed-over session's filters stay announced a little longer (see `handed`).
+                removed.retain(|f| !handed.linger(f, now));
+                drop(handed);
                 for f in &removed {
                     self.local_filters.remove(f);
                 }
@@ -1177,6 +1272,14 @@ impl Core {
                     self.apply(change);
                 }
                 self.cluster.takeover_tick();
+                let withdrawn: Vec<String> = lock(&self.cluster.handed)
+                    .expire(now)
+                    .into_iter()
+                    .filter(|f| self.local_filters.remove(f))
+                    .collect();
+                if !withdrawn.is_empty() {
+                    self.cluster.broadcast(&wire::Message::RoutesRemoved(withdrawn));
+                }
                 self.ticks += 1;
                 // Anti-entropy every ~10 heartbeat intervals.
                 if self.ticks.is_multiple_of(20) {
@@ -1230,6 +1333,9 @@ impl Core {
                 shared_only,
             } => {
                 let origin = (forward_id != 0).then(|| (node.to_string(), forward_id));
+                if !shared_only {
+                    cluster.redirect_handed(&message);
+                }
                 cluster
                     .broker
                     .publish_from_peer(message, &shared_groups, origin, shared_only);
@@ -1242,11 +1348,17 @@ impl Core {
                 shared_only,
             } => {
                 let origin = (forward_id != 0).then(|| (node.to_string(), forward_id));
+                let redirected = match shared_only {
+                    true => Vec::new(),
+                    false => cluster.redirect_handed(&message),
+                };
                 let ticket = cluster
                     .broker
                     .publish_from_peer(message, &shared_groups, origin, shared_only);
-                cluster.send_after(node, ticket, Some(Kind::Session), wire::Message::ForwardAck { seq });
+                let ack = wire::Message::ForwardAck { seq };
+                cluster.send_after_requests(node, ticket, Some(Kind::Session), redirected, ack);
             }
+            wire::Message::HandedForward { seq, client, message } => cluster.handed_forward(node, seq, client, message),
             wire::Message::SessionOpsAck { seq } => cluster.acked(&node, Some(seq)),
             wire::Message::ForwardAck { seq } => {
                 cluster.acked(&node, Some(seq));
@@ -1309,11 +1421,18 @@ impl Core {
                 clean_start,
             } => {
                 let mut answer = cluster.broker.answer_claim(&client, &stamp, clean_start);
+                if let ClaimAnswer::Handover(Some(export)) = &answer {
+                    let filters = export.subscriptions.iter().map(|(f, _)| f.clone()).collect();
+                    lock(&cluster.handed).handed(Arc::from(client.as_str()), node.clone(), filters, Instant::now());
+                }
                 // A session whose home is gone and not yet promoted: our copy, if we are heir.
                 if answer == ClaimAnswer::Handover(None)
                     && let Some(replica) = cluster.take_orphan(&client)
                 {
                     tracing::info!(%client, "handing over the replica of a session whose node is gone");
+                    cluster
+                        .broker
+                        .submit(vec![StoreOp::ReplicaDelete(Arc::from(client.as_str()))]);
                     answer = ClaimAnswer::Handover((!clean_start).then(|| replica_export(&replica)));
                 }
                 cluster.send(&node, &wire::Message::SessionHandover { request, answer });

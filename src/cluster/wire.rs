@@ -20,6 +20,10 @@
 //!   version 3 peer gets the routes as `RoutesAdded` and is not waited for.
 //! - 5: after a partition heals, a session that both sides kept is merged into one
 //!   ([`Message::SessionMerge`]). A version 4 peer is sent none (both copies live on).
+//! - 6: a message for a session that the receiver just took over from the sender (its client
+//!   reconnected there) is redirected to it ([`Message::HandedForward`], acknowledged by
+//!   `ForwardAck`); see `cluster::handed`. A version 5 peer is sent none (as before: the
+//!   message is lost for that session).
 //!
 //! [`Message`] is one enum for every version: a variant's position is its tag on the wire, so
 //! variants are only ever appended. A variant added in version N is never sent on a connection
@@ -41,7 +45,7 @@ pub const MAGIC: [u8; 8] = *b"APIARY-C";
 /// The protocol versions this build speaks. A release must keep speaking the previous one
 /// (rolling upgrades).
 pub const MIN_VERSION: u16 = 1;
-pub const MAX_VERSION: u16 = 5;
+pub const MAX_VERSION: u16 = 6;
 
 /// The largest frame accepted: a maximal MQTT message plus room for the envelope.
 pub const MAX_FRAME: usize = 268_435_460 + 64 * 1024;
@@ -202,6 +206,14 @@ pub enum Message {
         client: String,
         export: Option<SessionExport>,
     },
+    /// (6) A message for `client`'s session, which the receiver took over from the sender
+    /// moments ago; acknowledged by `ForwardAck { seq }` once stored there (or parked until
+    /// the session is installed).
+    HandedForward {
+        seq: u64,
+        client: String,
+        message: MqttMessage,
+    },
 }
 
 /// The form of a message for an older peer.
@@ -221,10 +233,12 @@ impl Message {
     /// the version's physical time as `created_ms`.
     /// Version 2 peers get acknowledged forwards as plain ones and no session replication.
     pub fn downgrade(&self, version: u16) -> Downgrade {
-        if version >= 5 {
+        if version >= 6 {
             return Downgrade::Same;
         }
         match self {
+            Message::HandedForward { .. } => Downgrade::Skip,
+            _ if version >= 5 => Downgrade::Same,
             Message::SessionMerge { .. } => Downgrade::Skip,
             _ if version >= 4 => Downgrade::Same,
             Message::TakeoverDone { filters, .. } if filters.is_empty() => Downgrade::Skip,
@@ -389,6 +403,9 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
             }
             Ok(message)
         }
+        Message::HandedForward { client, .. } if client.is_empty() || client.len() > 65_535 => {
+            Err(WireError::BadTopic(client.clone()))
+        }
         Message::TakeoverDone { filters, .. } => match filters_ok(filters) {
             Some(bad) => Err(WireError::BadTopic(bad)),
             None => Ok(message),
@@ -396,6 +413,7 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
         Message::Forward { message: m, .. }
         | Message::ForwardAcked { message: m, .. }
         | Message::TakeoverForward { message: m, .. }
+        | Message::HandedForward { message: m, .. }
         | Message::LegacyRetainedPut { message: m, .. }
             if !topics_ok(m) =>
         {
@@ -544,6 +562,43 @@ mod tests {
             sessions: 0,
         });
         assert!(decode_message(&bad[4..]).is_err(), "filters are validated");
+    }
+
+    #[test]
+    fn version_5_peers_get_no_handed_forwards_and_clients_are_checked() {
+        let message = crate::broker::message::Message {
+            topic: "a/b".into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: 1,
+            retain: false,
+            properties: Default::default(),
+            expires_at_ms: None,
+            publisher: "p".into(),
+            created_ms: 1,
+        };
+        let handed = frame(&Message::HandedForward {
+            seq: 3,
+            client: "c1".into(),
+            message: message.clone(),
+        });
+        assert!(handed.bytes(5).is_none());
+        let v6 = decode_message(&handed.bytes(6).unwrap()[4..]).unwrap();
+        assert!(matches!(v6, Message::HandedForward { seq: 3, .. }));
+        let no_client = encode(&Message::HandedForward {
+            seq: 3,
+            client: String::new(),
+            message: message.clone(),
+        });
+        assert!(decode_message(&no_client[4..]).is_err());
+        let bad_topic = encode(&Message::HandedForward {
+            seq: 3,
+            client: "c1".into(),
+            message: crate::broker::message::Message {
+                topic: "a/#".into(),
+                ..message
+            },
+        });
+        assert!(decode_message(&bad_topic[4..]).is_err());
     }
 
     #[test]
