@@ -25,6 +25,11 @@ const MESSAGES: usize = 200;
 const FAST: Duration = Duration::from_millis(2);
 const SLOW: Duration = Duration::from_millis(10);
 
+/// The scenarios run one at a time: each runs three to five nodes and a load on this
+/// machine's two cores, and two at once starve each other's failure detection (see the note
+/// in `flapping_links_lose_nothing`).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn skip() -> bool {
     if hosts::available() {
         return false;
@@ -223,6 +228,7 @@ async fn an_offline_session_survives_sigkill_of_its_node() {
     if skip() {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     offline_session_survives(false).await;
 }
 
@@ -232,6 +238,7 @@ async fn an_offline_session_survives_sigterm_of_its_node() {
     if skip() {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     offline_session_survives(true).await;
 }
 
@@ -243,6 +250,7 @@ async fn a_connected_session_survives_sigkill_mid_stream() {
     if skip() {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(&net, dir.path());
@@ -275,6 +283,7 @@ async fn losing_more_nodes_than_replicas_is_a_disaster_warning() {
     if skip() {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(&net, dir.path());
@@ -336,6 +345,7 @@ async fn messages_published_during_the_takeover_of_a_dead_nodes_sessions_are_not
     if skip() {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(&net, dir.path());
@@ -491,15 +501,17 @@ async fn await_acks(check: &Checker, from: usize, n: usize, what: &str) {
     }
 }
 
-/// Rolling restart under load: a QoS 1 publisher keeps publishing and three persistent
+/// Rolling restart under load: a QoS 1 and a QoS 2 publisher keep publishing and three persistent
 /// subscribers (one per node) keep receiving while each node in turn is stopped (SIGTERM) and
 /// started again on its data folder; the clients move to the next node each time. Nothing
-/// acknowledged is lost, order per publisher holds, and every session is found after each move.
+/// acknowledged is lost, order per publisher holds, QoS 2 messages arrive exactly once, and
+/// every session is found after each move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_loses_nothing() {
     if skip() {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(&net, dir.path());
@@ -511,6 +523,15 @@ async fn a_rolling_restart_under_load_loses_nothing() {
         addrs.clone(),
         "pub",
         "roll/data",
+        1_000_000,
+        FAST,
+        check.clone(),
+        stop.clone(),
+    );
+    let exact = load::exactly_once_publisher(
+        addrs.clone(),
+        "exact",
+        "roll/exact",
         1_000_000,
         FAST,
         check.clone(),
@@ -535,8 +556,14 @@ async fn a_rolling_restart_under_load_loses_nothing() {
         );
     }
     stop.store(true, Ordering::Relaxed);
-    let sent = publisher.await.expect("the publisher failed");
-    eprintln!("{sent} published, {} acknowledged", check.acked_count());
+    let sent = (
+        publisher.await.expect("the publisher failed"),
+        exact.await.expect("the QoS 2 publisher failed"),
+    );
+    eprintln!(
+        "{sent:?} published (QoS 1, QoS 2), {} acknowledged",
+        check.acked_count()
+    );
     subscribers.finish("roll/#", &check).await;
 }
 
@@ -550,6 +577,7 @@ async fn growing_to_five_and_shrinking_back_to_three_under_load_loses_nothing() 
     if skip() {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let net = Net::new(5);
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = (0..3).map(|i| net.start_node(dir.path(), i, true)).collect();
@@ -563,7 +591,24 @@ async fn growing_to_five_and_shrinking_back_to_three_under_load_loses_nothing() 
     let stop = Arc::new(AtomicBool::new(false));
     // The publisher starts on node 3, which stays.
     let order = vec![first[2], first[0], first[1]];
-    let publisher = load::publisher(order, "pub", "grow/data", 1_000_000, FAST, check.clone(), stop.clone());
+    let publisher = load::publisher(
+        order.clone(),
+        "pub",
+        "grow/data",
+        1_000_000,
+        FAST,
+        check.clone(),
+        stop.clone(),
+    );
+    let exact = load::exactly_once_publisher(
+        order,
+        "exact",
+        "grow/exact",
+        1_000_000,
+        FAST,
+        check.clone(),
+        stop.clone(),
+    );
     await_acks(&check, 0, 100, "at the start").await;
 
     let t = Instant::now();
@@ -590,8 +635,14 @@ async fn growing_to_five_and_shrinking_back_to_three_under_load_loses_nothing() 
         eprintln!("node{} left in {:?}", i + 1, t.elapsed());
     }
     stop.store(true, Ordering::Relaxed);
-    let sent = publisher.await.expect("the publisher failed");
-    eprintln!("{sent} published, {} acknowledged", check.acked_count());
+    let sent = (
+        publisher.await.expect("the publisher failed"),
+        exact.await.expect("the QoS 2 publisher failed"),
+    );
+    eprintln!(
+        "{sent:?} published (QoS 1, QoS 2), {} acknowledged",
+        check.acked_count()
+    );
     subscribers.finish("grow/#", &check).await;
 }
 
@@ -660,6 +711,7 @@ async fn a_cluster_shut_down_one_by_one_comes_back_whole_from_the_last_node() {
     if skip() {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(&net, dir.path());
@@ -712,6 +764,78 @@ async fn check_retained(addrs: &[std::net::SocketAddr], check: &Checker) {
     }
 }
 
+/// Flapping links under load, with replica-count 3: node 1 is cut off from the other two for
+/// 3 s (longer than the 2 s heartbeat timeout, so each side takes over the other's sessions),
+/// then reconnected for 3 s (the sides merge), five times over. The persistent subscriber on
+/// each node and a publisher on each side keep going throughout; in the end, every message
+/// acknowledged to either publisher reached every subscriber (order is not checked: it does
+/// not hold across a merge).
+///
+/// Open: run at the same time as the grow/shrink scenario (both starving for CPU on two
+/// cores), the isolated node's subscriber once missed 76 messages of the other side; alone it
+/// passed every time (7 of 7 runs).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_links_lose_nothing() {
+    if skip() {
+        return;
+    }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let net = Net::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<Node> = (0..3).map(|i| net.start_node_with_replicas(dir.path(), i, 3)).collect();
+    for n in &nodes {
+        n.wait_log("Started Apiary in", START);
+        n.wait_size(3, START);
+    }
+    let addrs: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
+    let check = Arc::new(Checker::default());
+    let subscribers = Subscribers::start(&addrs, "flap", 3, "flap/#", &check).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let alone = load::publisher(
+        vec![addrs[0]],
+        "alone",
+        "flap/alone",
+        1_000_000,
+        SLOW,
+        check.clone(),
+        stop.clone(),
+    );
+    let many = load::publisher(
+        vec![addrs[1]],
+        "many",
+        "flap/many",
+        1_000_000,
+        SLOW,
+        check.clone(),
+        stop.clone(),
+    );
+    await_acks(&check, 0, 100, "at the start").await;
+    for round in 1..=5 {
+        net.split(0, true);
+        nodes[0].wait_size(1, START);
+        nodes[1].wait_size(2, START);
+        // Apart for 3 s from when the sides saw each other go: the length of the cut is the
+        // scenario, not a wait for a condition.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        net.split(0, false);
+        for n in &nodes {
+            n.wait_size(3, START);
+        }
+        for n in &nodes {
+            n.wait_log_count("Finished cluster merge process successfully.", round, START);
+        }
+        let before = check.acked_count();
+        await_acks(&check, before, 50, "after a heal").await;
+        eprintln!("round {round}: {} publishes acknowledged so far", check.acked_count());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = (alone.await.expect("publisher"), many.await.expect("publisher"));
+    let acked = check.acked_count();
+    eprintln!("{sent:?} published, {acked} acknowledged");
+    subscribers.finish_without_order("flap/#", &check, acked).await;
+}
+
 /// Power loss of the whole cluster: with replica-count 3 every node has a copy of every
 /// session. All three are killed (SIGKILL, nothing handed over); one of them is started alone
 /// with `--recovery`, and turns the copies of the other nodes' sessions into sessions of its
@@ -721,6 +845,7 @@ async fn after_a_power_loss_one_node_started_with_recovery_brings_back_every_ses
     if skip() {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = (0..3).map(|i| net.start_node_with_replicas(dir.path(), i, 3)).collect();
@@ -766,6 +891,7 @@ async fn after_a_partition_heals_the_sessions_both_sides_kept_are_merged() {
     if skip() {
         return;
     }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
     let nodes: Vec<Node> = (0..3).map(|i| net.start_node_with_replicas(dir.path(), i, 3)).collect();
@@ -811,8 +937,7 @@ async fn after_a_partition_heals_the_sessions_both_sides_kept_are_merged() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let healed_at = check.acked_count();
-    let during = healed_at - before;
+    let during = check.acked_count() - before;
     net.split(0, false);
     for n in &nodes {
         n.wait_size(3, START);
@@ -857,11 +982,11 @@ async fn after_a_partition_heals_the_sessions_both_sides_kept_are_merged() {
     stop.store(true, Ordering::Relaxed);
     let sent = (alone.await.expect("publisher"), many.await.expect("publisher"));
     eprintln!("{sent:?} published, {} acknowledged", check.acked_count());
-    // Known gaps: while the sides merge, a message routed through a third node (one that
-    // still had a subscriber of the filter but no longer the merged copy) before that node
-    // learns the home's routes again can be lost (seen: 4 of 3,700); and the merged messages
-    // are queued behind what already arrived from the other side since the heal, so order per
-    // publisher does not hold across the merge. What is required here is that nothing
-    // acknowledged before the heal began is missing.
-    subscribers.finish_without_order("part/#", &check, healed_at).await;
+    // The merged messages are queued behind what already arrived from the other side since
+    // the heal, so order per publisher does not hold across the merge. Nothing acknowledged
+    // may be missing: before the heal, on either side; after it, while the sessions move
+    // (a message that reaches the node a session just left follows it, see `cluster::handed`;
+    // without that, 4 of 3,700 were once lost here).
+    let acked = check.acked_count();
+    subscribers.finish_without_order("part/#", &check, acked).await;
 }

@@ -296,6 +296,7 @@ impl Broker {
                 incoming_qos2: export.incoming_qos2.into_iter().collect(),
             };
             adopt(&mut state, &client, replica, now, &mut effects, &mut timers);
+            Broker::handover_installed(&mut state, &client);
             tracing::info!(%client, "merged a session kept on the other side of a partition (it had none here)");
             return self.finish(&mut state, effects, timers);
         }
@@ -332,6 +333,9 @@ impl Broker {
                 effects.ops.extend(session.full_record_ops());
             }
         }
+        // Messages for it that reached the other side meanwhile are redirected here, and may
+        // arrive directly too.
+        Broker::handover_installed(&mut state, &client);
         tracing::info!(%client, "merged the session kept on the other side of a partition ({added} message(s) added)");
         self.finish(&mut state, effects, timers)
     }

@@ -15,6 +15,12 @@ use super::NodeId;
 /// The reason given when a node leaves on purpose.
 pub const LEFT: &str = "it left the cluster";
 
+/// How long a node that said it is leaving is not taken back: its links may reconnect while
+/// it finishes shutting down, and it must not rejoin then (it would be "back" with sessions
+/// that moved away). A restarted node has a new id; one restarted with `--recovery` keeps its
+/// id and is taken back after this.
+const DEPARTED_FOR: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailureDetection {
     /// `None` when the heartbeat is disabled.
@@ -51,6 +57,8 @@ pub struct Membership {
     me: NodeId,
     detection: FailureDetection,
     peers: BTreeMap<NodeId, Peer>,
+    /// Nodes that left on purpose, and when.
+    departed: BTreeMap<NodeId, Instant>,
 }
 
 impl Membership {
@@ -59,6 +67,7 @@ impl Membership {
             me,
             detection,
             peers: BTreeMap::new(),
+            departed: BTreeMap::new(),
         }
     }
 
@@ -98,6 +107,10 @@ impl Membership {
     /// A connection to `node` completed its handshake.
     pub fn connected(&mut self, node: &NodeId, address: &str, now: Instant) -> Option<Change> {
         if *node == self.me {
+            return None;
+        }
+        self.departed.retain(|_, at| now.duration_since(*at) < DEPARTED_FOR);
+        if self.departed.contains_key(node) {
             return None;
         }
         match self.peers.get_mut(node) {
@@ -145,10 +158,12 @@ impl Membership {
         self.mark_down(node, "its connection closed (TCP health check)")
     }
 
-    /// The peer said it is leaving: it is forgotten, so a later return is a join.
-    pub fn left(&mut self, node: &NodeId) -> Option<Change> {
+    /// The peer said it is leaving: it is forgotten, so a later return (after
+    /// [`DEPARTED_FOR`]) is a join.
+    pub fn left(&mut self, node: &NodeId, now: Instant) -> Option<Change> {
         let was_alive = self.is_alive(node);
         self.peers.remove(node);
+        self.departed.insert(node.clone(), now);
         was_alive.then(|| Change::Down {
             node: node.clone(),
             why: LEFT,
@@ -262,9 +277,15 @@ mod tests {
         let t0 = Instant::now();
         let mut m = membership(true);
         m.connected(&id("b"), "b:8000", t0);
-        assert!(m.left(&id("b")).is_some());
+        assert!(m.left(&id("b"), t0).is_some());
         assert_eq!(
-            m.connected(&id("b"), "b:8000", t0),
+            m.connected(&id("b"), "b:8000", t0 + Duration::from_secs(1)),
+            None,
+            "not while it finishes shutting down"
+        );
+        assert!(!m.is_alive(&id("b")));
+        assert_eq!(
+            m.connected(&id("b"), "b:8000", t0 + DEPARTED_FOR),
             Some(Change::Up {
                 node: id("b"),
                 merge: false

@@ -1028,7 +1028,12 @@ impl Cluster {
         };
         let export = match self.broker.hand_back(client, routes_to_home) {
             HandBack::Nothing => return,
-            HandBack::Moved(export) => Some(export),
+            HandBack::Moved(export) => {
+                // What reaches us for it meanwhile follows it (see `handed`).
+                let filters = export.subscriptions.iter().map(|(f, _)| f.clone()).collect();
+                lock(&self.handed).handed(Arc::from(client), node.clone(), filters, Instant::now());
+                Some(export)
+            }
             HandBack::Connected if ask => None,
             HandBack::Connected => {
                 tracing::warn!(%client, "a client is connected on both sides of a healed partition; both sessions stay");
@@ -1410,7 +1415,7 @@ impl Core {
                 }
             },
             wire::Message::Leave => {
-                if let Some(change) = self.membership.left(&node) {
+                if let Some(change) = self.membership.left(&node, Instant::now()) {
                     self.apply(change);
                 }
             }
@@ -1460,6 +1465,17 @@ impl Core {
     }
 
     fn apply(&mut self, change: Change) {
+        if self.cluster.is_stopping() {
+            // We said we are leaving: peers closing their links to us, or dialling us again,
+            // is not a failure or a return. Nothing is taken over or merged any more.
+            tracing::debug!(?change, "membership change while leaving, ignored");
+            if let Change::Down { node, .. } = &change {
+                self.cluster.acked(node, None);
+                self.cluster.ack_retained(node, None);
+                self.cluster.claim_answered(node, None, None);
+            }
+            return;
+        }
         match change {
             Change::Up { node, merge } => {
                 if merge {
