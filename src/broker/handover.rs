@@ -2,9 +2,11 @@
 //! while its session was on another node; see `cluster::handed` for the sending side).
 //!
 //! Messages for the session that reached the old node after it handed the session over are
-//! redirected here. One may arrive while this node still waits for the other nodes' answers
-//! (the session is not installed yet): it is parked with the claim and delivered right after
-//! the handed-over session is installed. A QoS 2 message may reach the session both directly
+//! redirected here. While this node still waits for the other nodes' answers (the session is
+//! not installed yet), every message routed here is parked with the claim, redirected or not
+//! (a message may reach this node directly before the session is here, and the old node after
+//! it left; without this, its redirected copy would come after later ones), and delivered, to
+//! that session only and if it matches it, right after the session is installed. A QoS 2 message may reach the session both directly
 //! and redirected (the publishing node's routes were changing): for [`DEDUP_WINDOW`] after the
 //! install, a session that was handed over remembers which QoS 2 messages it was given, and a
 //! second copy is dropped (exactly once [MQTT-4.3.3]).
@@ -37,6 +39,21 @@ impl Claim {
             stamp,
             superseded: false,
             parked: Vec::new(),
+        }
+    }
+}
+
+/// Most messages parked with one claim; beyond, the claim gets only redirected ones.
+const MAX_PARKED: usize = 100_000;
+
+/// A message routed here (published or forwarded) while claims are pending: parked with each.
+pub(super) fn park_for_claims(state: &mut State, message: &Arc<Message>) {
+    for (client, claim) in state.claims.iter_mut().filter(|(_, c)| !c.superseded) {
+        if claim.parked.len() == MAX_PARKED {
+            tracing::warn!(%client, "{MAX_PARKED} messages parked while its session is handed over; later ones only if redirected");
+        }
+        if claim.parked.len() < MAX_PARKED {
+            claim.parked.push(message.clone());
         }
     }
 }
@@ -104,6 +121,7 @@ impl Broker {
         }
         match state.claims.get_mut(&client) {
             Some(claim) if !claim.superseded => {
+                // Beyond the limit too: this one is known to be for the session.
                 claim.parked.push(Arc::new(message));
                 HandedDelivery::Parked
             }

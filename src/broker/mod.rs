@@ -511,8 +511,9 @@ impl Broker {
         if let Some(export) = req.imported {
             self.install_imported(&mut state, &client, export, &mut effects);
             Broker::handover_installed(&mut state, &client);
+            // (Without a handover, a session here got those messages as they came.)
+            self.deliver_parked(&mut state, &client, parked, &mut effects);
         }
-        self.deliver_parked(&mut state, &client, parked, &mut effects);
 
         let mut session_present = false;
         if let Some(existing) = state.sessions.get_mut(&client) {
@@ -978,6 +979,9 @@ impl Broker {
                 };
                 effects.replicated = cluster.replicate_retained(&entry);
             }
+        }
+        if !state.claims.is_empty() && matches!(origin, Origin::Local | Origin::Peer { shared_only: false, .. }) {
+            handover::park_for_claims(state, &message);
         }
         // One delivery per client, with the highest QoS and every subscription identifier of
         // its matching subscriptions [MQTT-3.3.4-2] [MQTT-3.3.4-3].
