@@ -761,6 +761,61 @@ async fn check_retained(addrs: &[std::net::SocketAddr], check: &Checker) {
     }
 }
 
+/// The partition scenarios' setup: three nodes with replica-count 3 (every node has a copy of
+/// every session), a persistent subscriber of `filter` on each (`<prefix>-<i>`, the prefix being
+/// the filter's first level), and one publisher on each side of a cut of node 1, each staying
+/// on its node: `alone` on node 1 and `many` on node 2, publishing on `topics`.
+struct TwoSides {
+    nodes: Vec<Node>,
+    check: Arc<Checker>,
+    subscribers: Subscribers,
+    stop: Arc<AtomicBool>,
+    alone: tokio::task::JoinHandle<u64>,
+    many: tokio::task::JoinHandle<u64>,
+}
+
+impl TwoSides {
+    async fn start(net: &Net, dir: &std::path::Path, filter: &'static str, topics: [&'static str; 2]) -> TwoSides {
+        let nodes: Vec<Node> = (0..3).map(|i| net.start_node_with_replicas(dir, i, 3)).collect();
+        for n in &nodes {
+            n.wait_log("Started Apiary in", START);
+            n.wait_size(3, START);
+        }
+        let addrs: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
+        let check = Arc::new(Checker::default());
+        let prefix = filter.trim_end_matches("/#");
+        let subscribers = Subscribers::start(&addrs, prefix, 3, filter, &check).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let [alone_topic, many_topic] = topics;
+        let alone = load::publisher(
+            vec![addrs[0]],
+            "alone",
+            alone_topic,
+            1_000_000,
+            SLOW,
+            check.clone(),
+            stop.clone(),
+        );
+        let many = load::publisher(
+            vec![addrs[1]],
+            "many",
+            many_topic,
+            1_000_000,
+            SLOW,
+            check.clone(),
+            stop.clone(),
+        );
+        TwoSides {
+            nodes,
+            check,
+            subscribers,
+            stop,
+            alone,
+            many,
+        }
+    }
+}
+
 /// Flapping links under load, with replica-count 3: node 1 is cut off from the other two for
 /// 3 s (longer than the 2 s heartbeat timeout, so each side takes over the other's sessions),
 /// then reconnected for 3 s (the sides merge), five times over. The persistent subscriber on
@@ -771,7 +826,6 @@ async fn check_retained(addrs: &[std::net::SocketAddr], check: &Checker) {
 /// Open: run at the same time as the grow/shrink scenario (both starving for CPU on two
 /// cores), the isolated node's subscriber once missed 76 messages of the other side; alone it
 /// passed every time (7 of 7 runs).
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_links_lose_nothing() {
     if skip() {
@@ -780,33 +834,14 @@ async fn flapping_links_lose_nothing() {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
-    let nodes: Vec<Node> = (0..3).map(|i| net.start_node_with_replicas(dir.path(), i, 3)).collect();
-    for n in &nodes {
-        n.wait_log("Started Apiary in", START);
-        n.wait_size(3, START);
-    }
-    let addrs: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
-    let check = Arc::new(Checker::default());
-    let subscribers = Subscribers::start(&addrs, "flap", 3, "flap/#", &check).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let alone = load::publisher(
-        vec![addrs[0]],
-        "alone",
-        "flap/alone",
-        1_000_000,
-        SLOW,
-        check.clone(),
-        stop.clone(),
-    );
-    let many = load::publisher(
-        vec![addrs[1]],
-        "many",
-        "flap/many",
-        1_000_000,
-        SLOW,
-        check.clone(),
-        stop.clone(),
-    );
+    let TwoSides {
+        nodes,
+        check,
+        subscribers,
+        stop,
+        alone,
+        many,
+    } = TwoSides::start(&net, dir.path(), "flap/#", ["flap/alone", "flap/many"]).await;
     await_acks(&check, 0, 100, "at the start").await;
     for round in 1..=5 {
         net.split(0, true);
@@ -891,34 +926,14 @@ async fn after_a_partition_heals_the_sessions_both_sides_kept_are_merged() {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let net = Net::new(3);
     let dir = tempfile::tempdir().unwrap();
-    let nodes: Vec<Node> = (0..3).map(|i| net.start_node_with_replicas(dir.path(), i, 3)).collect();
-    for n in &nodes {
-        n.wait_log("Started Apiary in", START);
-        n.wait_size(3, START);
-    }
-    let addrs: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
-    let check = Arc::new(Checker::default());
-    let subscribers = Subscribers::start(&addrs, "part", 3, "part/#", &check).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    // One publisher on each side, each staying on its node.
-    let alone = load::publisher(
-        vec![addrs[0]],
-        "alone",
-        "part/alone",
-        1_000_000,
-        SLOW,
-        check.clone(),
-        stop.clone(),
-    );
-    let many = load::publisher(
-        vec![addrs[1]],
-        "many",
-        "part/many",
-        1_000_000,
-        SLOW,
-        check.clone(),
-        stop.clone(),
-    );
+    let TwoSides {
+        nodes,
+        check,
+        subscribers,
+        stop,
+        alone,
+        many,
+    } = TwoSides::start(&net, dir.path(), "part/#", ["part/alone", "part/many"]).await;
     await_acks(&check, 0, 200, "at the start").await;
 
     let cut = Instant::now();
