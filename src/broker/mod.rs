@@ -25,7 +25,7 @@ use crate::config::{MqttConfig, Restrictions, Security};
 use crate::mqtt::{self, QoS, SubscriptionOptions, reason};
 use crate::store::records::{OutgoingRecord, SubscriptionRecord, WillRecord};
 use crate::store::{Loaded, Store, StoreError, StoreOp, Ticket};
-pub use handover::HandedDelivery;
+pub use handover::{HandedDelivery, HeldAck, HoldOrder, ORDER_HOLD_LIMIT};
 use message::{Message, now_ms};
 pub use replicate::HandBack;
 use retained::{Applied, Retained, RetainedEntry};
@@ -88,6 +88,8 @@ struct State {
     claims: HashMap<Arc<str>, handover::Claim>,
     /// Sessions handed over to this node moments ago, and the QoS 2 messages they were given.
     recent_qos2: handover::RecentQos2,
+    /// Direct messages held for sessions handed over here, for per-publisher order.
+    order_holds: handover::OrderHolds,
 }
 
 impl Default for State {
@@ -105,6 +107,7 @@ impl Default for State {
             route_changes: Default::default(),
             claims: HashMap::new(),
             recent_qos2: Default::default(),
+            order_holds: Default::default(),
         }
     }
 }
@@ -175,6 +178,8 @@ pub struct ConnectRequest {
     /// claim stamp.
     pub imported: Option<SessionExport>,
     pub claim: Option<ClaimStamp>,
+    /// With `imported` from a live node: what it waits for before taking direct messages.
+    pub order: Option<handover::HoldOrder>,
 }
 
 /// A node's answer to another node's claim on a client id.
@@ -221,6 +226,21 @@ pub struct SessionInfo {
     pub subscriptions: usize,
 }
 
+/// How a message forwarded by another node came.
+pub struct PeerForward<'a> {
+    pub sender: &'a Arc<str>,
+    /// The shared groups the sender chose this node to serve.
+    pub shared_groups: &'a [String],
+    /// The sender and its forward id, for shared-group settlement.
+    pub origin: Option<(String, u64)>,
+    /// A redelivery to shared groups only.
+    pub shared_only: bool,
+    /// The forward's sequence number, when it is acknowledged (else 0).
+    pub ack: u64,
+    /// Cluster requests the acknowledgement waits for as well (redirects from here).
+    pub requests: &'a [u64],
+}
+
 /// Where a message to route comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin<'a> {
@@ -229,6 +249,8 @@ enum Origin<'a> {
     /// Forwarded by another node: for local subscribers only, and for the shared groups that
     /// node chose us to serve.
     Peer {
+        /// The node that sent it here.
+        sender: &'a Arc<str>,
         groups: &'a [String],
         /// The sending node and its forward id, for shared-group settlement.
         origin: Option<&'a (String, u64)>,
@@ -479,6 +501,16 @@ impl Broker {
         }
         session.generation += 1;
         take_shared_pending(&mut state, &client, self.limits(), now, &mut effects);
+        // Messages still held for the session go with it.
+        let held_acks = match state.order_holds.release(&client) {
+            Some(released) => self.deliver_released(&mut state, &client, released, &mut effects),
+            None => Vec::new(),
+        };
+        if let Some(cluster) = self.cluster.get() {
+            // (Acknowledged once stored here, like the session's other messages until the
+            // claiming node has it.)
+            cluster.ack_held(held_acks, 0);
+        }
         let Some(session) = state.sessions.get_mut(&client) else {
             return ClaimAnswer::Handover(None);
         };
@@ -508,9 +540,18 @@ impl Broker {
             Some(claim) => claim.parked,
             None => Vec::new(),
         };
+        let mut barrier = None;
+        let mut held_acks = Vec::new();
         if let Some(export) = req.imported {
             self.install_imported(&mut state, &client, export, &mut effects);
             Broker::handover_installed(&mut state, &client);
+            if let Some(order) = req.order {
+                // (A hold the session still had here ends first.)
+                if let Some(released) = state.order_holds.start(&client, &order) {
+                    held_acks = self.deliver_released(&mut state, &client, released, &mut effects);
+                }
+                barrier = Some(order);
+            }
             // (Without a handover, a session here got those messages as they came.)
             self.deliver_parked(&mut state, &client, parked, &mut effects);
         }
@@ -563,6 +604,16 @@ impl Broker {
         }
         session.resume(now, &mut effects);
         let ticket = self.finish(&mut state, effects, Vec::new());
+        if let Some(cluster) = self.cluster.get() {
+            cluster.ack_held(held_acks, ticket);
+            // After `finish`, which announced the session's routes: each node gets the barrier
+            // behind them.
+            if let Some(order) = barrier
+                && !order.waiting.is_empty()
+            {
+                cluster.order_barrier(&client, &order);
+            }
+        }
         Some(ConnectOutcome {
             session_present,
             ticket,
@@ -777,22 +828,40 @@ impl Broker {
     ///
     /// Returns the store ticket that backs the message's copies here (and at the backups of
     /// the sessions it was queued for).
-    pub fn publish_from_peer(
-        self: &Arc<Self>,
-        message: Message,
-        shared_groups: &[String],
-        origin: Option<(String, u64)>,
-        shared_only: bool,
-    ) -> Ticket {
+    /// A message another node forwarded here. Returns the ticket that the forward's
+    /// acknowledgement waits for, or `None` when the message is held for a session just handed
+    /// over here and is acknowledged once that session has it.
+    pub fn publish_from_peer(self: &Arc<Self>, message: Message, forward: PeerForward) -> Option<Ticket> {
+        let PeerForward {
+            sender,
+            shared_groups,
+            origin,
+            shared_only,
+            ack,
+            requests,
+        } = forward;
         let mut state = self.lock();
         let mut effects = Effects::default();
         let from = Origin::Peer {
+            sender,
             groups: shared_groups,
             origin: origin.as_ref(),
             shared_only,
         };
         self.route(&mut state, Arc::new(message), from, &mut effects);
-        self.finish(&mut state, effects, Vec::new())
+        let held_for = std::mem::take(&mut effects.held_for);
+        let ticket = self.finish(&mut state, effects, Vec::new());
+        if held_for.is_empty() || ack == 0 {
+            return Some(ticket);
+        }
+        let ack = handover::HeldAck {
+            node: sender.clone(),
+            seq: ack,
+            ticket,
+            requests: requests.to_vec(),
+        };
+        state.order_holds.hold_ack(&held_for, ack);
+        None
     }
 
     /// A message parked by another node while the sessions of a dead node were taken over:
@@ -980,8 +1049,15 @@ impl Broker {
                 effects.replicated = cluster.replicate_retained(&entry);
             }
         }
+        // The node a message came from directly (this one for its own).
+        let me = self.cluster.get().map(|c| c.id());
+        let sender: Option<&Arc<str>> = match origin {
+            Origin::Peer { sender, .. } => Some(sender),
+            Origin::Local => me,
+            Origin::Heir { .. } => None,
+        };
         if !state.claims.is_empty() && matches!(origin, Origin::Local | Origin::Peer { shared_only: false, .. }) {
-            handover::park_for_claims(state, &message);
+            handover::park_for_claims(state, &message, sender);
         }
         // One delivery per client, with the highest QoS and every subscription identifier of
         // its matching subscriptions [MQTT-3.3.4-2] [MQTT-3.3.4-3].
@@ -1015,6 +1091,7 @@ impl Broker {
                     groups: ours,
                     origin,
                     shared_only,
+                    ..
                 },
                 _,
             ) => {
@@ -1032,6 +1109,13 @@ impl Broker {
         }
         matched |= !direct.is_empty() || !groups.is_empty();
         for (client, (qos, retain, subscription_ids)) in direct {
+            if let Some(sender) = sender
+                && !state.order_holds.is_empty()
+                && state.order_holds.hold(&client, sender, &message)
+            {
+                effects.held_for.push(client);
+                continue;
+            }
             if qos == 2 && !state.recent_qos2.is_empty() && state.recent_qos2.is_repeat(&client, &message, now) {
                 tracing::debug!(%client, topic = %message.topic, "second copy of a QoS 2 message during a handover dropped");
                 continue;
@@ -1040,6 +1124,7 @@ impl Broker {
             let Some(session) = state.sessions.get_mut(&client) else {
                 continue;
             };
+            tracing::trace!(%client, ?origin, payload = %String::from_utf8_lossy(&message.payload[..message.payload.len().min(16)]), "given to the session");
             let record = OutgoingRecord {
                 message: message.clone(),
                 qos,
@@ -1069,6 +1154,24 @@ impl Broker {
             {
                 // The group has no member here any more: nothing to wait for.
                 effects.settled.push((node, id, key));
+            }
+        }
+        if origin == Origin::Local && !effects.held_for.is_empty() {
+            // Held for a session just handed over here: its publisher is acknowledged once the
+            // session has it (a request of this node's own, answered by the release).
+            let held_for = std::mem::take(&mut effects.held_for);
+            if message.qos > 0
+                && let Some(cluster) = self.cluster.get()
+            {
+                let seq = cluster.own_request();
+                effects.awaits.push(seq);
+                let ack = handover::HeldAck {
+                    node: cluster.id().clone(),
+                    seq,
+                    ticket: 0,
+                    requests: Vec::new(),
+                };
+                state.order_holds.hold_ack(&held_for, ack);
             }
         }
         matched

@@ -58,6 +58,8 @@ pub struct Effects {
     pub awaits: Vec<u64>,
     /// Sessions that ended here, with the backups that must forget their copies.
     pub dropped_backups: Vec<(Arc<str>, Vec<Arc<str>>)>,
+    /// Sessions that hold the message being routed until its sender's order marker came.
+    pub held_for: Vec<Arc<str>>,
 }
 
 /// Notes that a message is done with here, for the node that sent it, if it wants to know.

@@ -11,8 +11,15 @@
 //!   message it got both ways);
 //! - our route updates withdrawing the session's filters wait for [`ROUTE_LINGER`], so that the
 //!   others keep sending here (and we redirect) rather than to nobody.
+//!
+//! Order: a publishing node's message redirected through us could reach the new holder after
+//! a later one it sent there directly. So the new holder holds what it gets directly from each
+//! publishing node until that node's marker came through us (`OrderBarrier` → `OrderMarker` →
+//! `OrderPassed`; the holding is in `broker::handover`): every message the publishing node sent us before its
+//! marker has been redirected by then, and every later one it sent the new holder directly, so
+//! from then on we no longer redirect that node's messages for the session.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,10 +31,19 @@ pub const WINDOW: Duration = Duration::from_secs(20);
 /// How long our routes for a handed-over session's filters stay advertised.
 pub const ROUTE_LINGER: Duration = Duration::from_secs(10);
 
+/// One session handed to another node.
+struct HandedSession {
+    holder: NodeId,
+    /// Its plain (not shared) filters.
+    filters: Vec<String>,
+    until: Instant,
+    /// Publishing nodes whose marker came through: they send the new holder directly.
+    passed: HashSet<NodeId>,
+}
+
 #[derive(Default)]
 pub struct Handed {
-    /// Client → (its new holder, its plain filters, until when).
-    by_client: HashMap<Arc<str>, (NodeId, Vec<String>, Instant)>,
+    by_client: HashMap<Arc<str>, HandedSession>,
     /// The handed sessions' filters, by client.
     tree: TopicTree<Arc<str>, ()>,
     /// How many handed sessions have each filter.
@@ -53,13 +69,19 @@ impl Handed {
         }
         let until = now + WINDOW;
         self.order.push_back((until, client.clone()));
-        self.by_client.insert(client, (node, plain, until));
+        let session = HandedSession {
+            holder: node,
+            filters: plain,
+            until,
+            passed: HashSet::new(),
+        };
+        self.by_client.insert(client, session);
     }
 
     /// The session is back here (or gone for good): no more redirects for it.
     pub fn forget(&mut self, client: &str) {
-        if let Some((key, (_, filters, _))) = self.by_client.remove_entry(client) {
-            for f in filters {
+        if let Some((key, session)) = self.by_client.remove_entry(client) {
+            for f in session.filters {
                 self.tree.remove(&f, &key);
                 if let Some(n) = self.filters.get_mut(&f) {
                     *n -= 1;
@@ -75,8 +97,9 @@ impl Handed {
         self.by_client.is_empty()
     }
 
-    /// The handed sessions a message on `topic` is for, each with its new holder.
-    pub fn matching(&self, topic: &str) -> Vec<(Arc<str>, NodeId)> {
+    /// The handed sessions a message on `topic` from node `origin` (where it was published) is
+    /// to be redirected for, each with its new holder.
+    pub fn matching(&self, topic: &str, origin: &str) -> Vec<(Arc<str>, NodeId)> {
         let mut out: Vec<(Arc<str>, NodeId)> = Vec::new();
         if self.by_client.is_empty() {
             return out;
@@ -85,8 +108,10 @@ impl Handed {
             if out.iter().any(|(c, _)| c == client) {
                 return;
             }
-            if let Some((node, _, _)) = self.by_client.get(client) {
-                out.push((client.clone(), node.clone()));
+            if let Some(session) = self.by_client.get(client)
+                && !session.passed.contains(origin)
+            {
+                out.push((client.clone(), session.holder.clone()));
             }
         });
         out
@@ -94,7 +119,15 @@ impl Handed {
 
     /// The new holder of `client`'s session, if it was handed over within the window.
     pub fn holder(&self, client: &str) -> Option<NodeId> {
-        self.by_client.get(client).map(|(node, _, _)| node.clone())
+        self.by_client.get(client).map(|s| s.holder.clone())
+    }
+
+    /// `origin`'s marker for `client`'s session came through: its later messages reach the new
+    /// holder directly, so they are no longer redirected.
+    pub fn passed(&mut self, client: &str, origin: NodeId) {
+        if let Some(session) = self.by_client.get_mut(client) {
+            session.passed.insert(origin);
+        }
     }
 
     /// Our route for `filter` went away: whether its withdrawal should wait (a handed session
@@ -119,7 +152,7 @@ impl Handed {
                 break;
             }
             // A later handover of the same client has a later deadline of its own.
-            if self.by_client.get(client).is_some_and(|(_, _, u)| u <= &now) {
+            if self.by_client.get(client).is_some_and(|s| s.until <= now) {
                 let client = client.clone();
                 self.forget(&client);
             }
@@ -150,17 +183,35 @@ mod tests {
     fn a_message_for_a_handed_session_goes_to_its_new_holder_until_the_window_ends() {
         let now = Instant::now();
         let mut h = Handed::default();
-        assert!(h.matching("a/b").is_empty());
+        assert!(h.matching("a/b", "p").is_empty());
         h.handed(id("c1"), id("node-d"), vec!["a/+".into(), "a/#".into()], now);
         h.handed(id("c2"), id("node-e"), vec!["x".into()], now);
-        assert_eq!(h.matching("a/b"), vec![(id("c1"), id("node-d"))], "once per client");
-        assert_eq!(h.matching("x"), vec![(id("c2"), id("node-e"))]);
-        assert!(h.matching("y").is_empty());
+        assert_eq!(
+            h.matching("a/b", "p"),
+            vec![(id("c1"), id("node-d"))],
+            "once per client"
+        );
+        assert_eq!(h.matching("x", "p"), vec![(id("c2"), id("node-e"))]);
+        assert!(h.matching("y", "p").is_empty());
         assert_eq!(h.holder("c1"), Some(id("node-d")));
         assert!(h.expire(now + WINDOW - Duration::from_millis(1)).is_empty());
-        assert_eq!(h.matching("a/b").len(), 1);
+        assert_eq!(h.matching("a/b", "p").len(), 1);
         h.expire(now + WINDOW);
-        assert!(h.matching("a/b").is_empty() && h.is_empty());
+        assert!(h.matching("a/b", "p").is_empty() && h.is_empty());
+    }
+
+    #[test]
+    fn a_publishing_node_whose_marker_came_through_is_no_longer_redirected() {
+        let now = Instant::now();
+        let mut h = Handed::default();
+        h.handed(id("c1"), id("d"), vec!["t".into()], now);
+        h.handed(id("c2"), id("d"), vec!["t".into()], now);
+        h.passed("c1", id("p"));
+        h.passed("unknown", id("p"));
+        assert_eq!(h.matching("t", "p"), vec![(id("c2"), id("d"))]);
+        assert_eq!(h.matching("t", "q").len(), 2, "other publishing nodes still are");
+        h.handed(id("c1"), id("e"), vec!["t".into()], now);
+        assert_eq!(h.matching("t", "p").len(), 2, "a new handover starts over");
     }
 
     #[test]
@@ -169,14 +220,14 @@ mod tests {
         let mut h = Handed::default();
         h.handed(id("c1"), id("d"), vec!["t".into()], now);
         h.forget("c1");
-        assert!(h.matching("t").is_empty());
+        assert!(h.matching("t", "p").is_empty());
         assert!(!h.linger("t", now), "a forgotten session's filters do not linger");
         h.handed(id("c1"), id("d"), vec!["t".into()], now);
         let later = now + Duration::from_secs(5);
         h.handed(id("c1"), id("e"), vec!["t".into()], later);
         h.expire(now + WINDOW);
         assert_eq!(
-            h.matching("t"),
+            h.matching("t", "p"),
             vec![(id("c1"), id("e"))],
             "the first deadline does not end the second window"
         );
@@ -187,7 +238,7 @@ mod tests {
         let now = Instant::now();
         let mut h = Handed::default();
         h.handed(id("c1"), id("d"), vec!["$share/g/t".into()], now);
-        assert!(h.matching("t").is_empty());
+        assert!(h.matching("t", "p").is_empty());
     }
 
     #[test]

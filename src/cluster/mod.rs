@@ -36,7 +36,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::broker::message::Message;
 use crate::broker::retained::RetainedEntry;
-use crate::broker::{Broker, ClaimAnswer, ClaimStamp, HandBack, HandedDelivery, SessionExport};
+use crate::broker::{
+    Broker, ClaimAnswer, ClaimStamp, HandBack, HandedDelivery, HeldAck, HoldOrder, ORDER_HOLD_LIMIT, PeerForward,
+    SessionExport,
+};
 use crate::config::{ClusterConfig, ClusterTransport, Discovery};
 use crate::store::records::WillRecord;
 use crate::store::{StoreOp, Ticket};
@@ -139,6 +142,14 @@ pub(crate) enum CoreEvent {
         client: String,
         generation: u64,
     },
+    /// We leave the cluster: `Leave` to every node, answered once it is in their queues.
+    Leave(oneshot::Sender<()>),
+    /// A session handed over here was installed: its order barrier goes to every node.
+    OrderBarrier {
+        client: String,
+        token: u64,
+        via: NodeId,
+    },
     Tick,
 }
 
@@ -147,12 +158,33 @@ type PendingAcks = HashMap<u64, (HashSet<NodeId>, oneshot::Sender<()>)>;
 
 type PendingShared = HashMap<NodeId, HashMap<u64, (Message, HashSet<Arc<str>>)>>;
 
+/// Node → the sessions it handed to our connections, with when.
+type ClaimedFrom = HashMap<NodeId, Vec<(Instant, Arc<str>)>>;
+
 /// A claim on a client id waiting for the other nodes' answers.
 struct PendingClaim {
     waiting: HashSet<NodeId>,
     found: Option<SessionExport>,
+    /// The live node that handed `found` over (`None`: our own copy, or nothing).
+    from: Option<NodeId>,
     refused: bool,
-    done: Option<oneshot::Sender<Result<Option<SessionExport>, ClaimRefused>>>,
+    done: Option<oneshot::Sender<Result<Claimed, ClaimRefused>>>,
+}
+
+impl PendingClaim {
+    fn claimed(&mut self) -> Claimed {
+        Claimed {
+            export: self.found.take(),
+            from: self.from.take(),
+        }
+    }
+}
+
+/// What a claim got: the session, and the live node that handed it over.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub export: Option<SessionExport>,
+    pub from: Option<NodeId>,
 }
 
 /// Another node has a newer connection of the client id.
@@ -178,6 +210,7 @@ pub struct Cluster {
     pending_shared: Mutex<PendingShared>,
     next_forward: AtomicU64,
     next_claim: AtomicU64,
+    next_order: AtomicU64,
     /// The protocol version of our connection to each peer (what it can read).
     peer_versions: RwLock<HashMap<NodeId, u16>>,
     /// Sequence numbers of `SessionOps` and `ForwardAcked` requests.
@@ -197,6 +230,10 @@ pub struct Cluster {
     taken_from: Mutex<HashMap<NodeId, HashSet<Arc<str>>>>,
     /// Sessions handed to other nodes' connections moments ago (lock order: after `routes`).
     handed: Mutex<handed::Handed>,
+    /// Sessions other nodes handed to our connections, by that node, with when: if it goes
+    /// away within [`handed::WINDOW`], the forwards it never acknowledged (see `takeover`) are
+    /// theirs too.
+    claimed_from: Mutex<ClaimedFrom>,
     stopping: AtomicBool,
     /// Held by the rebalance pass in progress.
     rebalancing: tokio::sync::Mutex<()>,
@@ -235,6 +272,7 @@ impl Cluster {
             pending_shared: Mutex::new(HashMap::new()),
             next_forward: AtomicU64::new(0),
             next_claim: AtomicU64::new(0),
+            next_order: AtomicU64::new(0),
             peer_versions: RwLock::new(HashMap::new()),
             next_request: AtomicU64::new(0),
             waits: Mutex::new(Waits::default()),
@@ -244,6 +282,7 @@ impl Cluster {
             adopted_from: Mutex::new(HashMap::new()),
             taken_from: Mutex::new(HashMap::new()),
             handed: Mutex::new(handed::Handed::default()),
+            claimed_from: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             rebalancing: tokio::sync::Mutex::new(()),
             stop: watch::channel(false).0,
@@ -436,7 +475,7 @@ impl Cluster {
         drop(takeovers);
         drop(routes);
         if !shared_only {
-            acks.extend(self.redirect_handed(message));
+            acks.extend(self.redirect_handed(message, &self.me));
         }
         (forwarded, local)
     }
@@ -472,16 +511,32 @@ impl Cluster {
 
     /// A message matching sessions handed to other nodes moments ago goes to each new holder
     /// as well, for that session only (see [`handed`]). Returns the requests to wait for.
-    fn redirect_handed(&self, message: &Message) -> Vec<u64> {
+    fn redirect_handed(&self, message: &Message, origin: &NodeId) -> Vec<u64> {
         let targets = {
             let handed = lock(&self.handed);
             if handed.is_empty() {
                 return Vec::new();
             }
-            handed.matching(&message.topic)
+            handed.matching(&message.topic, origin)
         };
         targets
             .into_iter()
+            .flat_map(|(client, node)| self.redirect_to(&client, &node, message))
+            .collect()
+    }
+
+    /// [`Cluster::redirect_handed`] for these sessions only.
+    fn redirect_handed_among(&self, message: &Message, origin: &NodeId, clients: &HashSet<Arc<str>>) -> Vec<u64> {
+        let targets = {
+            let handed = lock(&self.handed);
+            if handed.is_empty() || clients.is_empty() {
+                return Vec::new();
+            }
+            handed.matching(&message.topic, origin)
+        };
+        targets
+            .into_iter()
+            .filter(|(client, _)| clients.contains(client))
             .flat_map(|(client, node)| self.redirect_to(&client, &node, message))
             .collect()
     }
@@ -507,6 +562,72 @@ impl Cluster {
         match seq {
             0 => Vec::new(),
             seq => vec![seq],
+        }
+    }
+
+    /// What a session that `from` handed over here waits for before it takes messages that
+    /// other nodes send here directly (see `broker::handover`); `None` if nothing.
+    pub fn hold_order(&self, client: &Arc<str>, from: &NodeId) -> Option<HoldOrder> {
+        let now = Instant::now();
+        {
+            let mut claimed = lock(&self.claimed_from);
+            claimed.retain(|_, sessions| {
+                sessions.retain(|(at, _)| now.duration_since(*at) < handed::WINDOW);
+                !sessions.is_empty()
+            });
+            claimed.entry(from.clone()).or_default().push((now, client.clone()));
+        }
+        if self.peer_version(from) < 7 {
+            return None;
+        }
+        // This node too: what it sent the old holder comes back redirected.
+        let waiting: Vec<NodeId> = self
+            .alive_peers()
+            .into_iter()
+            .filter(|n| n != from && self.peer_version(n) >= 7)
+            .chain(std::iter::once(self.me.clone()))
+            .collect();
+        Some(HoldOrder {
+            token: self.next_order.fetch_add(1, Ordering::Relaxed) + 1,
+            via: from.clone(),
+            waiting,
+        })
+    }
+
+    /// `client`'s session, handed over here, is installed: the barrier for `order` goes out
+    /// (through the core, behind the session's routes).
+    pub fn order_barrier(&self, client: &str, order: &HoldOrder) {
+        self.core(CoreEvent::OrderBarrier {
+            client: client.to_owned(),
+            token: order.token,
+            via: order.via.clone(),
+        });
+    }
+
+    /// Acknowledges forwards that were held for a session handed over here, once the
+    /// session's copies (`ticket`) and their other copies are stored.
+    pub fn ack_held(self: &Arc<Self>, acks: Vec<HeldAck>, ticket: Ticket) {
+        for ack in acks {
+            let cluster = self.clone();
+            tokio::spawn(async move {
+                for t in [ack.ticket, ticket] {
+                    if t == 0 {
+                        continue;
+                    }
+                    if let Some(store) = cluster.broker.store()
+                        && let Err(e) = store.wait(t).await
+                    {
+                        tracing::error!("a held message was not stored: {e}");
+                        return;
+                    }
+                    cluster.wait_replicated(t, Kind::Session).await;
+                }
+                cluster.wait_requests(&ack.requests).await;
+                match ack.node == cluster.me {
+                    true => cluster.acked(&ack.node, Some(ack.seq)),
+                    false => cluster.send(&ack.node, &wire::Message::ForwardAck { seq: ack.seq }),
+                }
+            });
         }
     }
 
@@ -579,6 +700,14 @@ impl Cluster {
         let seq = self.next_seq();
         let alive: HashSet<NodeId> = self.alive_peers().into_iter().collect();
         lock(&self.waits).open(seq, kind, nodes.filter(|n| alive.contains(n)));
+        seq
+    }
+
+    /// A request that this node answers itself ([`Cluster::ack_held`]): an acknowledgement
+    /// waiting for it waits until then.
+    pub fn own_request(&self) -> u64 {
+        let seq = self.next_seq();
+        lock(&self.waits).open(seq, Kind::Forward, std::iter::once(self.me.clone()));
         seq
     }
 
@@ -827,7 +956,13 @@ impl Cluster {
                 }
             }
         }
-        lock(&self.adopted_from).insert(gone.clone(), adopted);
+        // The forwards `gone` never acknowledged go to the sessions it handed to our connections
+        // moments ago as well: it may have left before it redirected them.
+        let mut heirs = adopted;
+        if let Some(claimed) = lock(&self.claimed_from).remove(gone) {
+            heirs.extend(claimed.into_iter().map(|(_, client)| client));
+        }
+        lock(&self.adopted_from).insert(gone.clone(), heirs);
         self.broadcast(&wire::Message::TakeoverDone {
             gone: gone.to_string(),
             filters: filters.clone(),
@@ -937,20 +1072,24 @@ impl Cluster {
         client: &str,
         stamp: &ClaimStamp,
         clean_start: bool,
-    ) -> Result<Option<SessionExport>, ClaimRefused> {
+    ) -> Result<Claimed, ClaimRefused> {
         // The session comes back here if we handed it away moments ago: no more redirects.
         lock(&self.handed).forget(client);
         // Our own copy, if its home is gone and we are its heir (not yet promoted).
         let local = self.take_orphan(client).map(|r| replica_export(&r));
         let peers = self.alive_peers();
         if peers.is_empty() {
-            return Ok(local);
+            return Ok(Claimed {
+                export: local,
+                from: None,
+            });
         }
         let request = self.next_claim.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
         let claim = PendingClaim {
             waiting: peers.iter().cloned().collect(),
             found: local,
+            from: None,
             refused: false,
             done: Some(tx),
         };
@@ -981,8 +1120,8 @@ impl Cluster {
             // we could wait for any longer).
             _ => match leftover {
                 Some(c) if c.refused => Err(ClaimRefused),
-                Some(c) => Ok(c.found),
-                None => Ok(None),
+                Some(mut c) => Ok(c.claimed()),
+                None => Ok(Claimed::default()),
             },
         }
     }
@@ -1001,7 +1140,10 @@ impl Cluster {
             }
             match &answer {
                 Some(ClaimAnswer::Refused) => claim.refused = true,
-                Some(ClaimAnswer::Handover(Some(export))) => claim.found = Some(export.clone()),
+                Some(ClaimAnswer::Handover(Some(export))) => {
+                    claim.found = Some(export.clone());
+                    claim.from = Some(node.clone());
+                }
                 _ => {}
             }
             if claim.waiting.is_empty()
@@ -1010,7 +1152,7 @@ impl Cluster {
                 let result = if claim.refused {
                     Err(ClaimRefused)
                 } else {
-                    Ok(claim.found.take())
+                    Ok(claim.claimed())
                 };
                 let _ = done.send(result);
             }
@@ -1099,8 +1241,15 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        self.stopping.store(true, Ordering::Relaxed);
-        self.broadcast(&wire::Message::Leave);
+        // Through the core, which answers claims: a session handed over before it reaches the
+        // claiming node ahead of our `Leave` (after it, the answer would be dropped there and the
+        // session lost), and none is handed over after it.
+        let (said, left) = oneshot::channel();
+        self.core(CoreEvent::Leave(said));
+        if tokio::time::timeout(Duration::from_secs(5), left).await.is_err() {
+            self.stopping.store(true, Ordering::Relaxed);
+            self.broadcast(&wire::Message::Leave);
+        }
         // Give the outboxes a moment to write it; peers also notice the closed connections.
         let deadline = Instant::now() + Duration::from_secs(1);
         while Instant::now() < deadline {
@@ -1154,6 +1303,9 @@ struct Core {
     disaster_warned: bool,
     /// The cluster size for which a reduced replica count was last logged.
     reduced_logged: Option<usize>,
+    /// Order holds of sessions handed over here, by token: the client, the node the markers
+    /// come through, and when the hold ends if they do not all come.
+    order_holds: HashMap<u64, (String, NodeId, Instant)>,
 }
 
 impl Core {
@@ -1175,6 +1327,7 @@ impl Core {
             recent_departures: Default::default(),
             disaster_warned: false,
             reduced_logged: None,
+            order_holds: HashMap::new(),
             cluster,
         }
     }
@@ -1272,9 +1425,39 @@ impl Core {
                     self.cluster.broker.publish_will(will.message);
                 }
             }
+            CoreEvent::Leave(said) => {
+                self.cluster.stopping.store(true, Ordering::Relaxed);
+                self.cluster.broadcast(&wire::Message::Leave);
+                let _ = said.send(());
+            }
+            CoreEvent::OrderBarrier { client, token, via } => {
+                self.cluster.broadcast(&wire::Message::OrderBarrier {
+                    client: client.clone(),
+                    token,
+                    via: via.to_string(),
+                });
+                // Our own marker, behind what we sent the old holder.
+                let marker = wire::Message::OrderMarker {
+                    client: client.clone(),
+                    token,
+                    to: self.cluster.me.to_string(),
+                };
+                self.cluster.send(&via, &marker);
+                self.order_holds.insert(token, (client, via, now + ORDER_HOLD_LIMIT));
+            }
             CoreEvent::Tick => {
                 for change in self.membership.tick(now) {
                     self.apply(change);
+                }
+                let over: Vec<u64> = self
+                    .order_holds
+                    .iter()
+                    .filter(|(_, (_, _, until))| *until <= now)
+                    .map(|(token, _)| *token)
+                    .collect();
+                for token in over {
+                    self.order_holds.remove(&token);
+                    self.cluster.broker.order_passed(token, None);
                 }
                 self.cluster.takeover_tick();
                 let withdrawn: Vec<String> = lock(&self.cluster.handed)
@@ -1339,11 +1522,17 @@ impl Core {
             } => {
                 let origin = (forward_id != 0).then(|| (node.to_string(), forward_id));
                 if !shared_only {
-                    cluster.redirect_handed(&message);
+                    cluster.redirect_handed(&message, &node);
                 }
-                cluster
-                    .broker
-                    .publish_from_peer(message, &shared_groups, origin, shared_only);
+                let forward = PeerForward {
+                    sender: &node,
+                    shared_groups: &shared_groups,
+                    origin,
+                    shared_only,
+                    ack: 0,
+                    requests: &[],
+                };
+                cluster.broker.publish_from_peer(message, forward);
             }
             wire::Message::ForwardAcked {
                 seq,
@@ -1355,15 +1544,48 @@ impl Core {
                 let origin = (forward_id != 0).then(|| (node.to_string(), forward_id));
                 let redirected = match shared_only {
                     true => Vec::new(),
-                    false => cluster.redirect_handed(&message),
+                    false => cluster.redirect_handed(&message, &node),
                 };
-                let ticket = cluster
-                    .broker
-                    .publish_from_peer(message, &shared_groups, origin, shared_only);
-                let ack = wire::Message::ForwardAck { seq };
-                cluster.send_after_requests(node, ticket, Some(Kind::Session), redirected, ack);
+                let forward = PeerForward {
+                    sender: &node,
+                    shared_groups: &shared_groups,
+                    origin,
+                    shared_only,
+                    ack: seq,
+                    requests: &redirected,
+                };
+                let delivered = cluster.broker.publish_from_peer(message, forward);
+                // (`None`: held for a session just handed over here; acknowledged when it has it.)
+                if let Some(ticket) = delivered {
+                    let ack = wire::Message::ForwardAck { seq };
+                    cluster.send_after_requests(node, ticket, Some(Kind::Session), redirected, ack);
+                }
             }
             wire::Message::HandedForward { seq, client, message } => cluster.handed_forward(node, seq, client, message),
+            // (Our own messages for the session are redirected throughout: they travel on the
+            // same link as our direct ones, so they keep their order anyway.)
+            wire::Message::OrderBarrier { client, token, via } if *via != *cluster.me => {
+                let via: NodeId = Arc::from(via.as_str());
+                let marker = wire::Message::OrderMarker {
+                    client,
+                    token,
+                    to: node.to_string(),
+                };
+                cluster.send(&via, &marker);
+            }
+            wire::Message::OrderBarrier { .. } => {}
+            // Our own barrier, after the old holder went away (see `Change::Down`).
+            wire::Message::OrderMarker { token, to, .. } if *to == *cluster.me => {
+                cluster.broker.order_passed(token, Some(&node));
+            }
+            wire::Message::OrderMarker { client, token, to } => {
+                // Everything `node` sent us before this was redirected: the rest it sends there.
+                lock(&cluster.handed).passed(&client, node.clone());
+                let to: NodeId = Arc::from(to.as_str());
+                let origin = node.to_string();
+                cluster.send(&to, &wire::Message::OrderPassed { token, origin });
+            }
+            wire::Message::OrderPassed { token, origin } => cluster.broker.order_passed(token, Some(&origin)),
             wire::Message::SessionOpsAck { seq } => cluster.acked(&node, Some(seq)),
             wire::Message::ForwardAck { seq } => {
                 cluster.acked(&node, Some(seq));
@@ -1385,8 +1607,13 @@ impl Core {
                     .get(gone.as_str())
                     .cloned()
                     .unwrap_or_default();
+                // Those sessions that we handed on meanwhile get it where they are now, behind
+                // what else we redirected to them (it is older than what the sender sends us
+                // after it).
+                let redirected = cluster.redirect_handed_among(&message, &node, &clients);
                 let ticket = cluster.broker.publish_to_clients(message, &clients);
-                cluster.send_after(node, ticket, Some(Kind::Session), wire::Message::ForwardAck { seq });
+                let ack = wire::Message::ForwardAck { seq };
+                cluster.send_after_requests(node, ticket, Some(Kind::Session), redirected, ack);
             }
             wire::Message::SessionOps { seq, client, ops } => cluster.apply_session_ops(node, seq, client, ops),
             wire::Message::SharedSettled { forward_id, group } => cluster.settle_pending(&node, forward_id, &group),
@@ -1418,6 +1645,11 @@ impl Core {
                 if let Some(change) = self.membership.left(&node, Instant::now()) {
                     self.apply(change);
                 }
+            }
+            // After our `Leave`, a handover would reach the claiming node after it (and be
+            // dropped): the session stays with its copies, and their heir takes it over.
+            wire::Message::SessionClaim { client, .. } if cluster.is_stopping() => {
+                tracing::debug!(%client, %node, "a claim after we said we leave, not answered");
             }
             wire::Message::SessionClaim {
                 request,
@@ -1540,6 +1772,7 @@ impl Core {
                 self.detect_disaster(now_instant());
                 let filters = self.cluster.promote_orphans(&node);
                 self.local_filters.extend(filters);
+                self.order_holds_after_departure(&node, now_instant());
                 self.cluster.rebalance();
                 self.cluster.claim_answered(&node, None, None);
                 self.take_over_wills(&node, why);
@@ -1548,6 +1781,28 @@ impl Core {
             }
         }
     }
+    /// `node` is gone. Its markers will not come: order holds stop waiting for them. Holds
+    /// whose markers were to come through it wait instead for each node's marker sent straight
+    /// here, behind the takeover report we just broadcast: each node sends the forwards `node`
+    /// never acknowledged (for the sessions it handed us too, see `promote_orphans`) before it.
+    fn order_holds_after_departure(&mut self, node: &NodeId, now: Instant) {
+        for (token, (client, via, until)) in self.order_holds.iter_mut() {
+            self.cluster.broker.order_passed(*token, Some(node));
+            if via == node {
+                // What we sent it and it did not acknowledge went to our sessions' copies
+                // already (`promote_orphans`).
+                self.cluster.broker.order_passed(*token, Some(&self.cluster.me));
+                *via = self.cluster.me.clone();
+                *until = now + ORDER_HOLD_LIMIT;
+                self.cluster.broadcast(&wire::Message::OrderBarrier {
+                    client: client.clone(),
+                    token: *token,
+                    via: self.cluster.me.to_string(),
+                });
+            }
+        }
+    }
+
     /// A node failed: its clients' wills go out after their delay, published by one node —
     /// the alive node with the smallest id, so that it happens once. A node that left on
     /// purpose published its clients' wills itself.

@@ -24,6 +24,9 @@
 //!   reconnected there) is redirected to it ([`Message::HandedForward`], acknowledged by
 //!   `ForwardAck`); see `cluster::handed`. A version 5 peer is sent none (as before: the
 //!   message is lost for that session).
+//! - 7: a session's new holder keeps per-publisher order with the messages redirected to it
+//!   ([`Message::OrderBarrier`], [`Message::OrderMarker`], [`Message::OrderPassed`]; see
+//!   `cluster::handed`). A version 6 peer is sent none and not waited for.
 //!
 //! [`Message`] is one enum for every version: a variant's position is its tag on the wire, so
 //! variants are only ever appended. A variant added in version N is never sent on a connection
@@ -45,7 +48,7 @@ pub const MAGIC: [u8; 8] = *b"APIARY-C";
 /// The protocol versions this build speaks. A release must keep speaking the previous one
 /// (rolling upgrades).
 pub const MIN_VERSION: u16 = 1;
-pub const MAX_VERSION: u16 = 6;
+pub const MAX_VERSION: u16 = 7;
 
 /// The largest frame accepted: a maximal MQTT message plus room for the envelope.
 pub const MAX_FRAME: usize = 268_435_460 + 64 * 1024;
@@ -214,6 +217,25 @@ pub enum Message {
         client: String,
         message: MqttMessage,
     },
+    /// (7) The sender just took over `client`'s session from `via` and announced its routes:
+    /// the receiver sends an `OrderMarker` to `via`, behind everything it forwarded there.
+    OrderBarrier {
+        client: String,
+        token: u64,
+        via: String,
+    },
+    /// (7) Everything the sender forwarded to the receiver before this is through: the receiver
+    /// stops redirecting the sender's messages for `client` and tells `to` (`OrderPassed`).
+    OrderMarker {
+        client: String,
+        token: u64,
+        to: String,
+    },
+    /// (7) Every message `origin` sent the old holder before its marker was redirected here.
+    OrderPassed {
+        token: u64,
+        origin: String,
+    },
 }
 
 /// The form of a message for an older peer.
@@ -233,10 +255,12 @@ impl Message {
     /// the version's physical time as `created_ms`.
     /// Version 2 peers get acknowledged forwards as plain ones and no session replication.
     pub fn downgrade(&self, version: u16) -> Downgrade {
-        if version >= 6 {
+        if version >= 7 {
             return Downgrade::Same;
         }
         match self {
+            Message::OrderBarrier { .. } | Message::OrderMarker { .. } | Message::OrderPassed { .. } => Downgrade::Skip,
+            _ if version >= 6 => Downgrade::Same,
             Message::HandedForward { .. } => Downgrade::Skip,
             _ if version >= 5 => Downgrade::Same,
             Message::SessionMerge { .. } => Downgrade::Skip,
@@ -403,8 +427,19 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
             }
             Ok(message)
         }
-        Message::HandedForward { client, .. } if client.is_empty() || client.len() > 65_535 => {
+        Message::HandedForward { client, .. }
+        | Message::OrderBarrier { client, .. }
+        | Message::OrderMarker { client, .. }
+            if client.is_empty() || client.len() > 65_535 =>
+        {
             Err(WireError::BadTopic(client.clone()))
+        }
+        Message::OrderBarrier { via: node, .. }
+        | Message::OrderMarker { to: node, .. }
+        | Message::OrderPassed { origin: node, .. }
+            if node.is_empty() || node.len() > MAX_NODE_ID =>
+        {
+            Err(WireError::BadNodeId)
         }
         Message::TakeoverDone { filters, .. } => match filters_ok(filters) {
             Some(bad) => Err(WireError::BadTopic(bad)),
@@ -599,6 +634,35 @@ mod tests {
             },
         });
         assert!(decode_message(&bad_topic[4..]).is_err());
+    }
+
+    #[test]
+    fn version_6_peers_get_no_order_markers_and_node_ids_are_checked() {
+        let barrier = frame(&Message::OrderBarrier {
+            client: "c1".into(),
+            token: 9,
+            via: "n2".into(),
+        });
+        assert!(barrier.bytes(6).is_none());
+        let v7 = decode_message(&barrier.bytes(7).unwrap()[4..]).unwrap();
+        assert!(matches!(v7, Message::OrderBarrier { token: 9, .. }));
+        let passed = frame(&Message::OrderPassed {
+            token: 9,
+            origin: "n3".into(),
+        });
+        assert!(passed.bytes(6).is_none());
+        let long_id = encode(&Message::OrderMarker {
+            client: "c1".into(),
+            token: 9,
+            to: "x".repeat(MAX_NODE_ID + 1),
+        });
+        assert_eq!(decode_message(&long_id[4..]), Err(WireError::BadNodeId));
+        let no_client = encode(&Message::OrderMarker {
+            client: String::new(),
+            token: 9,
+            to: "n2".into(),
+        });
+        assert!(decode_message(&no_client[4..]).is_err());
     }
 
     #[test]

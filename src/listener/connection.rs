@@ -443,16 +443,22 @@ impl Connection {
         let client_id: Arc<str> = Arc::from(client_id);
         // In a cluster the client id is unique across nodes: whoever holds the session hands
         // it over; of two connections racing, the newer wins [MQTT-3.1.4-3].
-        let (imported, claim) = match broker.cluster() {
+        let (imported, claim, order) = match broker.cluster() {
             Some(cluster) => {
                 let stamp: ClaimStamp = (message::now_ms(), cluster.id().to_string());
                 broker.begin_claim(&client_id, stamp.clone());
                 match cluster.claim_session(&client_id, &stamp, connect.clean_start).await {
-                    Ok(imported) => (imported, Some(stamp)),
-                    Err(ClaimRefused) => (None, None),
+                    Ok(claimed) => {
+                        let order = claimed
+                            .from
+                            .as_ref()
+                            .and_then(|from| cluster.hold_order(&client_id, from));
+                        (claimed.export, Some(stamp), order)
+                    }
+                    Err(ClaimRefused) => (None, None, None),
                 }
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let superseded = broker.cluster().is_some() && claim.is_none();
         let outcome = if superseded {
@@ -466,6 +472,7 @@ impl Connection {
                 connection: handle,
                 imported,
                 claim,
+                order,
             })
         };
         let Some(outcome) = outcome else {

@@ -126,16 +126,6 @@ impl Checker {
 
     /// [`Checker::check_subscriber`], with only the first `n` acknowledged publishes required.
     pub fn check_subscriber_up_to(&self, subscriber: &str, filter: &str, n: usize) -> (usize, usize) {
-        self.check_deliveries(subscriber, filter, n, true)
-    }
-
-    /// [`Checker::check_subscriber`] without the order: nothing acknowledged missing, QoS 2
-    /// exactly once.
-    pub fn check_subscriber_unordered(&self, subscriber: &str, filter: &str) -> (usize, usize) {
-        self.check_deliveries(subscriber, filter, usize::MAX, false)
-    }
-
-    fn check_deliveries(&self, subscriber: &str, filter: &str, n: usize, ordered: bool) -> (usize, usize) {
         let missing = self.missing_among_first(subscriber, filter, n);
         assert!(
             missing.is_empty(),
@@ -155,9 +145,7 @@ impl Checker {
                 continue;
             }
             let (publisher, topic, n) = key;
-            if let Some(prev) = last.insert((publisher, topic), *n)
-                && ordered
-            {
+            if let Some(prev) = last.insert((publisher, topic), *n) {
                 assert!(
                     *n > prev,
                     "{subscriber}: {publisher}'s message {n} on {topic} arrived after {prev}"

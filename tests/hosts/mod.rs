@@ -237,7 +237,11 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)
-            .env("APIARY_LOG", "info")
+            // APIARY_TEST_LOG_LEVEL: another filter for the nodes (with APIARY_TEST_LOGS to see it).
+            .env(
+                "APIARY_LOG",
+                std::env::var("APIARY_TEST_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
