@@ -97,9 +97,10 @@ impl Handed {
         self.by_client.is_empty()
     }
 
-    /// The handed sessions a message on `topic` from node `origin` (where it was published) is
-    /// to be redirected for, each with its new holder.
-    pub fn matching(&self, topic: &str, origin: &str) -> Vec<(Arc<str>, NodeId)> {
+    /// The handed sessions a message on `topic` from node `origin` is to be redirected for,
+    /// each with its new holder. `None`: from no node whose marker counts (a message a dead
+    /// node's forwards left behind: never sent to the new holder directly).
+    pub fn matching(&self, topic: &str, origin: Option<&str>) -> Vec<(Arc<str>, NodeId)> {
         let mut out: Vec<(Arc<str>, NodeId)> = Vec::new();
         if self.by_client.is_empty() {
             return out;
@@ -109,7 +110,7 @@ impl Handed {
                 return;
             }
             if let Some(session) = self.by_client.get(client)
-                && !session.passed.contains(origin)
+                && !origin.is_some_and(|o| session.passed.contains(o))
             {
                 out.push((client.clone(), session.holder.clone()));
             }
@@ -183,21 +184,21 @@ mod tests {
     fn a_message_for_a_handed_session_goes_to_its_new_holder_until_the_window_ends() {
         let now = Instant::now();
         let mut h = Handed::default();
-        assert!(h.matching("a/b", "p").is_empty());
+        assert!(h.matching("a/b", Some("p")).is_empty());
         h.handed(id("c1"), id("node-d"), vec!["a/+".into(), "a/#".into()], now);
         h.handed(id("c2"), id("node-e"), vec!["x".into()], now);
         assert_eq!(
-            h.matching("a/b", "p"),
+            h.matching("a/b", Some("p")),
             vec![(id("c1"), id("node-d"))],
             "once per client"
         );
-        assert_eq!(h.matching("x", "p"), vec![(id("c2"), id("node-e"))]);
-        assert!(h.matching("y", "p").is_empty());
+        assert_eq!(h.matching("x", Some("p")), vec![(id("c2"), id("node-e"))]);
+        assert!(h.matching("y", Some("p")).is_empty());
         assert_eq!(h.holder("c1"), Some(id("node-d")));
         assert!(h.expire(now + WINDOW - Duration::from_millis(1)).is_empty());
-        assert_eq!(h.matching("a/b", "p").len(), 1);
+        assert_eq!(h.matching("a/b", Some("p")).len(), 1);
         h.expire(now + WINDOW);
-        assert!(h.matching("a/b", "p").is_empty() && h.is_empty());
+        assert!(h.matching("a/b", Some("p")).is_empty() && h.is_empty());
     }
 
     #[test]
@@ -208,10 +209,11 @@ mod tests {
         h.handed(id("c2"), id("d"), vec!["t".into()], now);
         h.passed("c1", id("p"));
         h.passed("unknown", id("p"));
-        assert_eq!(h.matching("t", "p"), vec![(id("c2"), id("d"))]);
-        assert_eq!(h.matching("t", "q").len(), 2, "other publishing nodes still are");
+        assert_eq!(h.matching("t", Some("p")), vec![(id("c2"), id("d"))]);
+        assert_eq!(h.matching("t", Some("q")).len(), 2, "other publishing nodes still are");
+        assert_eq!(h.matching("t", None).len(), 2, "and what no marker covers");
         h.handed(id("c1"), id("e"), vec!["t".into()], now);
-        assert_eq!(h.matching("t", "p").len(), 2, "a new handover starts over");
+        assert_eq!(h.matching("t", Some("p")).len(), 2, "a new handover starts over");
     }
 
     #[test]
@@ -220,14 +222,14 @@ mod tests {
         let mut h = Handed::default();
         h.handed(id("c1"), id("d"), vec!["t".into()], now);
         h.forget("c1");
-        assert!(h.matching("t", "p").is_empty());
+        assert!(h.matching("t", Some("p")).is_empty());
         assert!(!h.linger("t", now), "a forgotten session's filters do not linger");
         h.handed(id("c1"), id("d"), vec!["t".into()], now);
         let later = now + Duration::from_secs(5);
         h.handed(id("c1"), id("e"), vec!["t".into()], later);
         h.expire(now + WINDOW);
         assert_eq!(
-            h.matching("t", "p"),
+            h.matching("t", Some("p")),
             vec![(id("c1"), id("e"))],
             "the first deadline does not end the second window"
         );
@@ -238,7 +240,7 @@ mod tests {
         let now = Instant::now();
         let mut h = Handed::default();
         h.handed(id("c1"), id("d"), vec!["$share/g/t".into()], now);
-        assert!(h.matching("t", "p").is_empty());
+        assert!(h.matching("t", Some("p")).is_empty());
     }
 
     #[test]

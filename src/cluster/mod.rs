@@ -167,6 +167,8 @@ struct PendingClaim {
     found: Option<SessionExport>,
     /// The live node that handed `found` over (`None`: our own copy, or nothing).
     from: Option<NodeId>,
+    /// Nodes that went away before they answered.
+    gone: Vec<NodeId>,
     refused: bool,
     done: Option<oneshot::Sender<Result<Claimed, ClaimRefused>>>,
 }
@@ -176,6 +178,7 @@ impl PendingClaim {
         Claimed {
             export: self.found.take(),
             from: self.from.take(),
+            gone: std::mem::take(&mut self.gone),
         }
     }
 }
@@ -185,6 +188,8 @@ impl PendingClaim {
 pub struct Claimed {
     pub export: Option<SessionExport>,
     pub from: Option<NodeId>,
+    /// Nodes that went away before they answered.
+    pub gone: Vec<NodeId>,
 }
 
 /// Another node has a newer connection of the client id.
@@ -517,7 +522,7 @@ impl Cluster {
             if handed.is_empty() {
                 return Vec::new();
             }
-            handed.matching(&message.topic, origin)
+            handed.matching(&message.topic, Some(origin))
         };
         targets
             .into_iter()
@@ -525,14 +530,15 @@ impl Cluster {
             .collect()
     }
 
-    /// [`Cluster::redirect_handed`] for these sessions only.
-    fn redirect_handed_among(&self, message: &Message, origin: &NodeId, clients: &HashSet<Arc<str>>) -> Vec<u64> {
+    /// [`Cluster::redirect_handed`] for these sessions only, of a message a dead node's
+    /// forwards left behind (its sender's order marker does not cover it).
+    fn redirect_handed_among(&self, message: &Message, clients: &HashSet<Arc<str>>) -> Vec<u64> {
         let targets = {
             let handed = lock(&self.handed);
             if handed.is_empty() || clients.is_empty() {
                 return Vec::new();
             }
-            handed.matching(&message.topic, origin)
+            handed.matching(&message.topic, None)
         };
         targets
             .into_iter()
@@ -838,7 +844,15 @@ impl Cluster {
     /// client that connects before the copy was promoted. The copy stays on disk until the
     /// caller stores what replaces it, in the same write (a SIGKILL in between loses nothing).
     fn take_orphan(&self, client: &str) -> Option<Replica> {
-        let alive = self.alive_set();
+        self.take_orphan_after(client, &[])
+    }
+
+    /// [`Cluster::take_orphan`], counting `gone` as gone already.
+    fn take_orphan_after(&self, client: &str, gone: &[NodeId]) -> Option<Replica> {
+        let mut alive = self.alive_set();
+        for node in gone {
+            alive.remove(node);
+        }
         let mut replicas = lock(&self.replicas);
         if !replicas.is_heir(client, &self.me, &alive) {
             return None;
@@ -962,7 +976,7 @@ impl Cluster {
         if let Some(claimed) = lock(&self.claimed_from).remove(gone) {
             heirs.extend(claimed.into_iter().map(|(_, client)| client));
         }
-        lock(&self.adopted_from).insert(gone.clone(), heirs);
+        lock(&self.adopted_from).entry(gone.clone()).or_default().extend(heirs);
         self.broadcast(&wire::Message::TakeoverDone {
             gone: gone.to_string(),
             filters: filters.clone(),
@@ -1075,13 +1089,32 @@ impl Cluster {
     ) -> Result<Claimed, ClaimRefused> {
         // The session comes back here if we handed it away moments ago: no more redirects.
         lock(&self.handed).forget(client);
+        let first = self.claim_round(client, stamp, clean_start, &[]).await?;
+        if first.export.is_some() || first.gone.is_empty() {
+            return Ok(first);
+        }
+        // A node went away before it answered (it was leaving, or died): its sessions' heirs
+        // are asked again, told so, in case they have not noticed yet.
+        tracing::debug!(%client, gone = ?first.gone, "asking for the session again");
+        self.claim_round(client, stamp, clean_start, &first.gone).await
+    }
+
+    /// One round of [`Cluster::claim_session`]: every live peer is asked; `gone` are nodes to
+    /// count as gone whether or not the peers noticed yet.
+    async fn claim_round(
+        &self,
+        client: &str,
+        stamp: &ClaimStamp,
+        clean_start: bool,
+        gone: &[NodeId],
+    ) -> Result<Claimed, ClaimRefused> {
         // Our own copy, if its home is gone and we are its heir (not yet promoted).
-        let local = self.take_orphan(client).map(|r| replica_export(&r));
+        let local = self.take_orphan_after(client, gone).map(|r| replica_export(&r));
         let peers = self.alive_peers();
         if peers.is_empty() {
             return Ok(Claimed {
                 export: local,
-                from: None,
+                ..Claimed::default()
             });
         }
         let request = self.next_claim.fetch_add(1, Ordering::Relaxed) + 1;
@@ -1090,6 +1123,7 @@ impl Cluster {
             waiting: peers.iter().cloned().collect(),
             found: local,
             from: None,
+            gone: Vec::new(),
             refused: false,
             done: Some(tx),
         };
@@ -1097,11 +1131,20 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(request, claim);
-        let message = wire::Message::SessionClaim {
-            request,
-            client: client.to_owned(),
-            stamp: stamp.clone(),
-            clean_start,
+        let message = match gone.is_empty() {
+            true => wire::Message::SessionClaim {
+                request,
+                client: client.to_owned(),
+                stamp: stamp.clone(),
+                clean_start,
+            },
+            false => wire::Message::SessionClaimAfter {
+                request,
+                client: client.to_owned(),
+                stamp: stamp.clone(),
+                clean_start,
+                gone: gone.iter().map(|n| n.to_string()).collect(),
+            },
         };
         let frame = Arc::new(wire::frame(&message));
         for node in peers {
@@ -1139,6 +1182,7 @@ impl Cluster {
                 continue;
             }
             match &answer {
+                None => claim.gone.push(node.clone()),
                 Some(ClaimAnswer::Refused) => claim.refused = true,
                 Some(ClaimAnswer::Handover(Some(export))) => {
                     claim.found = Some(export.clone());
@@ -1610,7 +1654,7 @@ impl Core {
                 // Those sessions that we handed on meanwhile get it where they are now, behind
                 // what else we redirected to them (it is older than what the sender sends us
                 // after it).
-                let redirected = cluster.redirect_handed_among(&message, &node, &clients);
+                let redirected = cluster.redirect_handed_among(&message, &clients);
                 let ticket = cluster.broker.publish_to_clients(message, &clients);
                 let ack = wire::Message::ForwardAck { seq };
                 cluster.send_after_requests(node, ticket, Some(Kind::Session), redirected, ack);
@@ -1648,7 +1692,9 @@ impl Core {
             }
             // After our `Leave`, a handover would reach the claiming node after it (and be
             // dropped): the session stays with its copies, and their heir takes it over.
-            wire::Message::SessionClaim { client, .. } if cluster.is_stopping() => {
+            wire::Message::SessionClaim { client, .. } | wire::Message::SessionClaimAfter { client, .. }
+                if cluster.is_stopping() =>
+            {
                 tracing::debug!(%client, %node, "a claim after we said we leave, not answered");
             }
             wire::Message::SessionClaim {
@@ -1656,23 +1702,16 @@ impl Core {
                 client,
                 stamp,
                 clean_start,
+            } => cluster.answer_claim(&node, request, client, stamp, clean_start, &[]),
+            wire::Message::SessionClaimAfter {
+                request,
+                client,
+                stamp,
+                clean_start,
+                gone,
             } => {
-                let mut answer = cluster.broker.answer_claim(&client, &stamp, clean_start);
-                if let ClaimAnswer::Handover(Some(export)) = &answer {
-                    let filters = export.subscriptions.iter().map(|(f, _)| f.clone()).collect();
-                    lock(&cluster.handed).handed(Arc::from(client.as_str()), node.clone(), filters, Instant::now());
-                }
-                // A session whose home is gone and not yet promoted: our copy, if we are heir.
-                if answer == ClaimAnswer::Handover(None)
-                    && let Some(replica) = cluster.take_orphan(&client)
-                {
-                    tracing::info!(%client, "handing over the replica of a session whose node is gone");
-                    cluster
-                        .broker
-                        .submit(vec![StoreOp::ReplicaDelete(Arc::from(client.as_str()))]);
-                    answer = ClaimAnswer::Handover((!clean_start).then(|| replica_export(&replica)));
-                }
-                cluster.send(&node, &wire::Message::SessionHandover { request, answer });
+                let gone: Vec<NodeId> = gone.iter().map(|n| Arc::from(n.as_str())).collect();
+                cluster.answer_claim(&node, request, client, stamp, clean_start, &gone);
             }
             wire::Message::SessionMerge { client, export } => match export {
                 Some(export) => {
@@ -1695,7 +1734,45 @@ impl Core {
             }
         }
     }
+}
 
+impl Cluster {
+    /// `node`'s connection of `client` claims the session (`gone`: nodes to count as gone).
+    fn answer_claim(
+        &self,
+        node: &NodeId,
+        request: u64,
+        client: String,
+        stamp: ClaimStamp,
+        clean_start: bool,
+        gone: &[NodeId],
+    ) {
+        let mut answer = self.broker.answer_claim(&client, &stamp, clean_start);
+        if let ClaimAnswer::Handover(Some(export)) = &answer {
+            let filters = export.subscriptions.iter().map(|(f, _)| f.clone()).collect();
+            lock(&self.handed).handed(Arc::from(client.as_str()), node.clone(), filters, Instant::now());
+        }
+        // A session whose home is gone and not yet promoted: our copy, if we are heir.
+        if answer == ClaimAnswer::Handover(None)
+            && let Some(replica) = self.take_orphan_after(&client, gone)
+        {
+            tracing::info!(%client, "handing over the replica of a session whose node is gone");
+            let key: Arc<str> = Arc::from(client.as_str());
+            self.broker.submit(vec![StoreOp::ReplicaDelete(key.clone())]);
+            // What its home's forwards left behind reaches us as its heir: it follows the session.
+            let filters = replica.subscriptions.keys().cloned().collect();
+            lock(&self.handed).handed(key.clone(), node.clone(), filters, Instant::now());
+            lock(&self.adopted_from)
+                .entry(replica.home.clone())
+                .or_default()
+                .insert(key);
+            answer = ClaimAnswer::Handover((!clean_start).then(|| replica_export(&replica)));
+        }
+        self.send(node, &wire::Message::SessionHandover { request, answer });
+    }
+}
+
+impl Core {
     fn apply(&mut self, change: Change) {
         if self.cluster.is_stopping() {
             // We said we are leaving: peers closing their links to us, or dialling us again,

@@ -26,7 +26,10 @@
 //!   message is lost for that session).
 //! - 7: a session's new holder keeps per-publisher order with the messages redirected to it
 //!   ([`Message::OrderBarrier`], [`Message::OrderMarker`], [`Message::OrderPassed`]; see
-//!   `cluster::handed`). A version 6 peer is sent none and not waited for.
+//!   `cluster::handed`). A version 6 peer is sent none and not waited for. A claim asked again
+//!   after a node went away meanwhile names it ([`Message::SessionClaimAfter`]), so that its
+//!   sessions' heirs hand over their copies even before they noticed; a version 6 peer gets a
+//!   plain `SessionClaim`.
 //!
 //! [`Message`] is one enum for every version: a variant's position is its tag on the wire, so
 //! variants are only ever appended. A variant added in version N is never sent on a connection
@@ -236,6 +239,15 @@ pub enum Message {
         token: u64,
         origin: String,
     },
+    /// (7) A `SessionClaim` asked again because `gone` went away while the first was answered:
+    /// the receiver counts them as gone (their sessions' heir hands over its copy).
+    SessionClaimAfter {
+        request: u64,
+        client: String,
+        stamp: ClaimStamp,
+        clean_start: bool,
+        gone: Vec<String>,
+    },
 }
 
 /// The form of a message for an older peer.
@@ -260,6 +272,18 @@ impl Message {
         }
         match self {
             Message::OrderBarrier { .. } | Message::OrderMarker { .. } | Message::OrderPassed { .. } => Downgrade::Skip,
+            Message::SessionClaimAfter {
+                request,
+                client,
+                stamp,
+                clean_start,
+                ..
+            } => Downgrade::Replace(Box::new(Message::SessionClaim {
+                request: *request,
+                client: client.clone(),
+                stamp: stamp.clone(),
+                clean_start: *clean_start,
+            })),
             _ if version >= 6 => Downgrade::Same,
             Message::HandedForward { .. } => Downgrade::Skip,
             _ if version >= 5 => Downgrade::Same,
@@ -430,6 +454,7 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
         Message::HandedForward { client, .. }
         | Message::OrderBarrier { client, .. }
         | Message::OrderMarker { client, .. }
+        | Message::SessionClaimAfter { client, .. }
             if client.is_empty() || client.len() > 65_535 =>
         {
             Err(WireError::BadTopic(client.clone()))
@@ -439,6 +464,9 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
         | Message::OrderPassed { origin: node, .. }
             if node.is_empty() || node.len() > MAX_NODE_ID =>
         {
+            Err(WireError::BadNodeId)
+        }
+        Message::SessionClaimAfter { gone, .. } if gone.iter().any(|n| n.is_empty() || n.len() > MAX_NODE_ID) => {
             Err(WireError::BadNodeId)
         }
         Message::TakeoverDone { filters, .. } => match filters_ok(filters) {
@@ -663,6 +691,23 @@ mod tests {
             to: "n2".into(),
         });
         assert!(decode_message(&no_client[4..]).is_err());
+        let again = frame(&Message::SessionClaimAfter {
+            request: 4,
+            client: "c1".into(),
+            stamp: (5, "n1".into()),
+            clean_start: false,
+            gone: vec!["n2".into()],
+        });
+        let v6 = decode_message(&again.bytes(6).unwrap()[4..]).unwrap();
+        assert!(matches!(v6, Message::SessionClaim { request: 4, .. }), "a plain claim");
+        let bad = encode(&Message::SessionClaimAfter {
+            request: 4,
+            client: "c1".into(),
+            stamp: (5, "n1".into()),
+            clean_start: false,
+            gone: vec![String::new()],
+        });
+        assert_eq!(decode_message(&bad[4..]), Err(WireError::BadNodeId));
     }
 
     #[test]
