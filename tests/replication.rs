@@ -1002,3 +1002,116 @@ async fn after_a_partition_heals_the_sessions_both_sides_kept_are_merged() {
     let acked = check.acked_count();
     subscribers.finish_without_order("part/#", &check, acked).await;
 }
+
+/// The scaled run of the replication issue, for its note (several minutes, so not in CI):
+/// `APIARY_SCALE_SESSIONS` (default 100,000) persistent sessions with one queued message each on
+/// three nodes, then a fourth joins. Prints how long the join and the rebalancing took and the
+/// bytes of session copies the three sent, and checks that a sample of the sessions is found
+/// afterwards with its message.
+///
+/// `cargo test --test replication scaled -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the scaled run for the note; see its documentation"]
+async fn scaled_run_growing_three_to_four() {
+    if skip() {
+        return;
+    }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let sessions: usize = std::env::var("APIARY_SCALE_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    const TOPICS: usize = 100;
+    let net = Net::new(4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(&net, dir.path());
+    let addrs: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
+
+    let t = Instant::now();
+    let workers = 48;
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let addrs = addrs.clone();
+            tokio::spawn(async move {
+                for i in (w..sessions).step_by(workers) {
+                    let (mut c, _) = persistent(addrs[i % addrs.len()], &format!("scale-{i}"), 10).await;
+                    subscribe(&mut c, &format!("scale/{}", i % TOPICS)).await;
+                    c.send(&Packet::Disconnect(Disconnect {
+                        reason: 0,
+                        properties: Properties::default(),
+                    }))
+                    .await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a session maker failed");
+    }
+    eprintln!("{sessions} persistent sessions made in {:?}", t.elapsed());
+    let t = Instant::now();
+    let (mut publ, _) = RawClient::connect(addrs[0], connect_packet(ProtocolVersion::V5, "scale-pub", true)).await;
+    for k in 0..TOPICS {
+        let topic = format!("scale/{k}");
+        publ.send(&publish_packet(&topic, QoS::AtLeastOnce, (k + 1) as u16, false, &topic))
+            .await;
+        assert!(matches!(publ.recv().await, Some(Packet::PubAck(ack)) if ack.reason < 0x80));
+    }
+    eprintln!(
+        "{sessions} messages queued (stored on two nodes each) in {:?}",
+        t.elapsed()
+    );
+
+    let before: Vec<usize> = nodes
+        .iter()
+        .map(|n| n.log_text().matches("moved the copies of").count())
+        .collect();
+    let t = Instant::now();
+    nodes.push(net.start_node(dir.path(), 3, true));
+    let joined = nodes[3].wait_log("Finished cluster join process successfully.", START);
+    eprintln!("node4 joined in {:?}", joined - t);
+    let mut total_bytes = 0u64;
+    let mut total_moved = 0u64;
+    for (i, n) in nodes[..3].iter().enumerate() {
+        let done = n.wait_log_count("moved the copies of", before[i] + 1, Duration::from_secs(900));
+        let text = n.log_text();
+        let line = text
+            .lines()
+            .filter(|l| l.contains("moved the copies of"))
+            .nth(before[i])
+            .expect("the line waited for");
+        let number_after = |marker: &str| -> u64 {
+            let rest = &line[line.find(marker).expect("in the line") + marker.len()..];
+            rest.split_whitespace()
+                .next()
+                .and_then(|w| w.parse().ok())
+                .expect("a number")
+        };
+        let moved = number_after("moved the copies of ");
+        let bytes = number_after("backups (");
+        total_moved += moved;
+        total_bytes += bytes;
+        eprintln!(
+            "node{}: {moved} session copies moved, {bytes} bytes, done {:?} after node4 started",
+            i + 1,
+            done - t
+        );
+    }
+    eprintln!(
+        "grow 3 -> 4 with {sessions} sessions: {total_moved} copies moved, {total_bytes} bytes ({} per session moved), {:?} until the last node finished",
+        total_bytes / total_moved.max(1),
+        t.elapsed()
+    );
+
+    // A sample of the sessions, each on a node of the four: found, with its message.
+    let addrs: Vec<_> = nodes.iter().map(|n| n.mqtt).collect();
+    for i in (0..sessions).step_by((sessions / 200).max(1)) {
+        let id = format!("scale-{i}");
+        let (mut c, present) = persistent(addrs[i % addrs.len()], &id, 10).await;
+        assert!(present, "{id}: the session was found");
+        match c.recv_within(START).await {
+            Ok(Some(Packet::Publish(p))) => assert_eq!(p.topic, format!("scale/{}", i % TOPICS), "{id}"),
+            other => panic!("{id}: expected its queued message, got {other:?}"),
+        }
+    }
+}

@@ -113,6 +113,7 @@ impl Broker {
                 .collect()
         };
         let started = Instant::now();
+        let bytes_before = cluster.session_op_bytes();
         let alive: Vec<Arc<str>> = cluster.alive_peers();
         let mut moved = 0usize;
         let mut announced = false;
@@ -188,7 +189,11 @@ impl Broker {
                 "Finished cluster replication successfully in {}ms.",
                 started.elapsed().as_millis()
             );
-            tracing::info!("moved the copies of {moved} persistent session(s) to new backups");
+            // (Other session changes sent meanwhile count too.)
+            let bytes = cluster.session_op_bytes() - bytes_before;
+            tracing::info!(
+                "moved the copies of {moved} persistent session(s) to new backups ({bytes} bytes of session ops sent)"
+            );
         }
     }
 

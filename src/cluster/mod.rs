@@ -216,6 +216,8 @@ pub struct Cluster {
     next_forward: AtomicU64,
     next_claim: AtomicU64,
     next_order: AtomicU64,
+    /// Bytes of session ops sent to backups so far (copies and changes), for the rebalancing log.
+    session_op_bytes: AtomicU64,
     /// The protocol version of our connection to each peer (what it can read).
     peer_versions: RwLock<HashMap<NodeId, u16>>,
     /// Sequence numbers of `SessionOps` and `ForwardAcked` requests.
@@ -278,6 +280,7 @@ impl Cluster {
             next_forward: AtomicU64::new(0),
             next_claim: AtomicU64::new(0),
             next_order: AtomicU64::new(0),
+            session_op_bytes: AtomicU64::new(0),
             peer_versions: RwLock::new(HashMap::new()),
             next_request: AtomicU64::new(0),
             waits: Mutex::new(Waits::default()),
@@ -733,10 +736,17 @@ impl Cluster {
             client: client.to_owned(),
             ops,
         }));
+        let bytes = frame.len() as u64 * backups.len() as u64;
+        self.session_op_bytes.fetch_add(bytes, Ordering::Relaxed);
         for node in backups {
             self.outbox(node).push(frame.clone());
         }
         Some(seq)
+    }
+
+    /// Bytes of session ops sent to backups so far.
+    pub fn session_op_bytes(&self) -> u64 {
+        self.session_op_bytes.load(Ordering::Relaxed)
     }
 
     /// Ties requests to the store ticket of the operation that made them.
