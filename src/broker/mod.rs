@@ -823,14 +823,12 @@ impl Broker {
     }
 
     /// A message forwarded by another node, for local subscribers only (with `shared_only`,
-    /// just for the shared groups named). `origin` is the sender and its forward id, to be
-    /// told when the shared-group members settled the message.
+    /// just for the shared groups named; see [`PeerForward`]).
     ///
     /// Returns the store ticket that backs the message's copies here (and at the backups of
-    /// the sessions it was queued for).
-    /// A message another node forwarded here. Returns the ticket that the forward's
-    /// acknowledgement waits for, or `None` when the message is held for a session just handed
-    /// over here and is acknowledged once that session has it.
+    /// the sessions it was queued for), which the forward's acknowledgement waits for; `None`
+    /// when the message is held for a session just handed over here, and acknowledged once
+    /// that session has it.
     pub fn publish_from_peer(self: &Arc<Self>, message: Message, forward: PeerForward) -> Option<Ticket> {
         let PeerForward {
             sender,

@@ -520,32 +520,33 @@ impl Cluster {
     /// A message matching sessions handed to other nodes moments ago goes to each new holder
     /// as well, for that session only (see [`handed`]). Returns the requests to wait for.
     fn redirect_handed(&self, message: &Message, origin: &NodeId) -> Vec<u64> {
-        let targets = {
-            let handed = lock(&self.handed);
-            if handed.is_empty() {
-                return Vec::new();
-            }
-            handed.matching(&message.topic, Some(origin))
-        };
-        targets
-            .into_iter()
-            .flat_map(|(client, node)| self.redirect_to(&client, &node, message))
-            .collect()
+        self.redirect_matching(message, Some(origin), None)
     }
 
     /// [`Cluster::redirect_handed`] for these sessions only, of a message a dead node's
     /// forwards left behind (its sender's order marker does not cover it).
     fn redirect_handed_among(&self, message: &Message, clients: &HashSet<Arc<str>>) -> Vec<u64> {
+        self.redirect_matching(message, None, Some(clients))
+    }
+
+    /// Redirects `message` to the new holders of the handed sessions it matches (of `only`, if
+    /// given); `origin`: the node it came from, whose order marker may already cover it.
+    fn redirect_matching(
+        &self,
+        message: &Message,
+        origin: Option<&NodeId>,
+        only: Option<&HashSet<Arc<str>>>,
+    ) -> Vec<u64> {
         let targets = {
             let handed = lock(&self.handed);
-            if handed.is_empty() || clients.is_empty() {
+            if handed.is_empty() || only.is_some_and(|o| o.is_empty()) {
                 return Vec::new();
             }
-            handed.matching(&message.topic, None)
+            handed.matching(&message.topic, origin.map(|o| &**o))
         };
         targets
             .into_iter()
-            .filter(|(client, _)| clients.contains(client))
+            .filter(|(client, _)| only.is_none_or(|o| o.contains(client)))
             .flat_map(|(client, node)| self.redirect_to(&client, &node, message))
             .collect()
     }
@@ -616,28 +617,42 @@ impl Cluster {
     /// Acknowledges forwards that were held for a session handed over here, once the
     /// session's copies (`ticket`) and their other copies are stored.
     pub fn ack_held(self: &Arc<Self>, acks: Vec<HeldAck>, ticket: Ticket) {
-        for ack in acks {
-            let cluster = self.clone();
-            tokio::spawn(async move {
-                for t in [ack.ticket, ticket] {
-                    if t == 0 {
-                        continue;
-                    }
-                    if let Some(store) = cluster.broker.store()
-                        && let Err(e) = store.wait(t).await
-                    {
-                        tracing::error!("a held message was not stored: {e}");
-                        return;
-                    }
-                    cluster.wait_replicated(t, Kind::Session).await;
+        if acks.is_empty() {
+            return;
+        }
+        let cluster = self.clone();
+        // One task for the lot: they were released together.
+        tokio::spawn(async move {
+            if !cluster.stored_everywhere(ticket).await {
+                return;
+            }
+            for ack in acks {
+                if !cluster.stored_everywhere(ack.ticket).await {
+                    continue;
                 }
                 cluster.wait_requests(&ack.requests).await;
                 match ack.node == cluster.me {
                     true => cluster.acked(&ack.node, Some(ack.seq)),
                     false => cluster.send(&ack.node, &wire::Message::ForwardAck { seq: ack.seq }),
                 }
-            });
+            }
+        });
+    }
+
+    /// Waits until `ticket` is committed here and at our sessions' backups (0: nothing to wait
+    /// for); false if it could not be stored.
+    async fn stored_everywhere(&self, ticket: Ticket) -> bool {
+        if ticket == 0 {
+            return true;
         }
+        if let Some(store) = self.broker.store()
+            && let Err(e) = store.wait(ticket).await
+        {
+            tracing::error!("a held message was not stored: {e}");
+            return false;
+        }
+        self.wait_replicated(ticket, Kind::Session).await;
+        true
     }
 
     /// The shared-group messages a node settled (its member acknowledged or dropped them).
