@@ -204,13 +204,13 @@ async fn partition_and_merge() {
     for n in &nodes {
         n.wait_size(3, START);
     }
-    let merged = nodes
-        .iter()
-        .any(|n| n.log_text().contains("Starting cluster merge process."))
-        && nodes
-            .iter()
-            .any(|n| n.log_text().contains("Finished cluster merge process successfully."));
-    assert!(merged, "merge log lines: {}", nodes[2].log_text());
+    // The merge finishes after the sizes are back (it waits for the peers' state).
+    let logged = |text: &str| nodes.iter().any(|n| n.log_text().contains(text));
+    let deadline = Instant::now() + START;
+    while !(logged("Starting cluster merge process.") && logged("Finished cluster merge process successfully.")) {
+        assert!(Instant::now() < deadline, "merge log lines: {}", nodes[2].log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The will of a client whose node dies is published by the cluster — once — after failure
