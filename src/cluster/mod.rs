@@ -1051,15 +1051,23 @@ impl Cluster {
     }
 
     /// Membership changed: the broker moves its sessions' copies to their new backups, from
-    /// a task, in bounded batches (client traffic goes on meanwhile).
-    fn rebalance(self: &Arc<Self>) {
+    /// a task, in bounded batches (client traffic goes on meanwhile). When `joined` is a node
+    /// that just came up, it is told once the pass is over (`CopiesSent`): its join waits for
+    /// that, so that it reports ready only holding every copy it is to hold.
+    fn rebalance(self: &Arc<Self>, joined: Option<NodeId>) {
         let cluster = self.clone();
         tokio::spawn(async move {
             // Let a burst of membership changes settle into one pass.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            // One pass at a time; a pass that waited finds the membership as it is by then.
+            // One pass at a time; a pass that waited finds the membership as it is by then
+            // (the node that joined included).
             let _one = cluster.rebalancing.lock().await;
             cluster.broker.rebalance().await;
+            if let Some(node) = joined
+                && cluster.alive_peers().contains(&node)
+            {
+                cluster.send(&node, &wire::Message::CopiesSent);
+            }
         });
     }
 
@@ -1357,6 +1365,11 @@ struct Core {
     syncing: HashMap<NodeId, bool>,
     /// Peers whose `SyncDone` arrived before our own link to them was up.
     synced_early: HashSet<NodeId>,
+    /// While joining: peers that are still sending us the copies of their sessions that the
+    /// new membership gives us (until their `CopiesSent`), and those whose `CopiesSent` came
+    /// before our link to them was up.
+    awaiting_copies: HashSet<NodeId>,
+    copies_early: HashSet<NodeId>,
     joined: bool,
     ticks: u64,
     /// Wills of our own connected clients, sent to every node that joins.
@@ -1387,6 +1400,8 @@ impl Core {
             untried: seeds,
             syncing: HashMap::new(),
             synced_early: HashSet::new(),
+            awaiting_copies: HashSet::new(),
+            copies_early: HashSet::new(),
             joined: false,
             ticks: 0,
             local_wills: HashMap::new(),
@@ -1704,6 +1719,14 @@ impl Core {
                 let entries = messages.into_iter().map(RetainedEntry::from_legacy).collect();
                 cluster.broker.apply_retained_snapshot(&node, entries);
             }
+            wire::Message::CopiesSent => {
+                if self.awaiting_copies.remove(&node) {
+                    tracing::debug!(%node, "the node sent us every session copy we are to hold");
+                    self.check_joined();
+                } else if !self.joined {
+                    self.copies_early.insert(node);
+                }
+            }
             wire::Message::SyncDone => match self.syncing.remove(&node) {
                 Some(merge) => self.synced(merge),
                 None => {
@@ -1846,7 +1869,10 @@ impl Core {
                         cluster.hand_back(&node, &client, true);
                     }
                 }
-                cluster.rebalance();
+                cluster.rebalance(Some(node.clone()));
+                if !self.joined && cluster.peer_version(&node) >= 8 && !self.copies_early.remove(&node) {
+                    self.awaiting_copies.insert(node.clone());
+                }
                 if self.synced_early.remove(&node) {
                     self.synced(merge);
                 } else {
@@ -1866,6 +1892,8 @@ impl Core {
                 self.cluster.begin_takeover(&node, peers);
                 self.syncing.remove(&node);
                 self.synced_early.remove(&node);
+                self.awaiting_copies.remove(&node);
+                self.copies_early.remove(&node);
                 self.publish_alive();
                 self.cluster.ack_retained(&node, None);
                 self.cluster.acked(&node, None);
@@ -1875,7 +1903,7 @@ impl Core {
                 let filters = self.cluster.promote_orphans(&node);
                 self.local_filters.extend(filters);
                 self.order_holds_after_departure(&node, now_instant());
-                self.cluster.rebalance();
+                self.cluster.rebalance(None);
                 self.cluster.claim_answered(&node, None, None);
                 self.take_over_wills(&node, why);
                 self.cluster.redeliver_shared_of(&node);
@@ -1990,16 +2018,17 @@ impl Core {
         }
     }
 
-    /// The join is over once every discovery address was tried and every peer found sent
-    /// its state.
+    /// The join is over once every discovery address was tried, every peer found sent its
+    /// state, and the copies of its sessions that the new membership puts here.
     fn check_joined(&mut self) {
-        if !self.joined && self.untried.is_empty() && self.syncing.is_empty() {
+        if !self.joined && self.untried.is_empty() && self.syncing.is_empty() && self.awaiting_copies.is_empty() {
             self.finish_join();
         }
     }
 
     fn finish_join(&mut self) {
         self.joined = true;
+        self.copies_early.clear();
         if self.membership.size() > 1 || !self.cluster.settings.seeds.is_empty() {
             tracing::info!("Finished cluster join process successfully.");
         }

@@ -30,6 +30,9 @@
 //!   after a node went away meanwhile names it ([`Message::SessionClaimAfter`]), so that its
 //!   sessions' heirs hand over their copies even before they noticed; a version 6 peer gets a
 //!   plain `SessionClaim`.
+//! - 8: a node tells a node that joined when it has sent it every session copy the new
+//!   membership gives it ([`Message::CopiesSent`]): the joining node is ready only then. A
+//!   version 7 peer is sent none and not waited for.
 //!
 //! [`Message`] is one enum for every version: a variant's position is its tag on the wire, so
 //! variants are only ever appended. A variant added in version N is never sent on a connection
@@ -51,7 +54,7 @@ pub const MAGIC: [u8; 8] = *b"APIARY-C";
 /// The protocol versions this build speaks. A release must keep speaking the previous one
 /// (rolling upgrades).
 pub const MIN_VERSION: u16 = 1;
-pub const MAX_VERSION: u16 = 7;
+pub const MAX_VERSION: u16 = 8;
 
 /// The largest frame accepted: a maximal MQTT message plus room for the envelope.
 pub const MAX_FRAME: usize = 268_435_460 + 64 * 1024;
@@ -248,6 +251,9 @@ pub enum Message {
         clean_start: bool,
         gone: Vec<String>,
     },
+    /// (8) The sender's rebalancing pass after the receiver joined is over: every copy of the
+    /// sender's sessions that the receiver is to hold was stored there (acknowledged).
+    CopiesSent,
 }
 
 /// The form of a message for an older peer.
@@ -267,10 +273,12 @@ impl Message {
     /// the version's physical time as `created_ms`.
     /// Version 2 peers get acknowledged forwards as plain ones and no session replication.
     pub fn downgrade(&self, version: u16) -> Downgrade {
-        if version >= 7 {
+        if version >= 8 {
             return Downgrade::Same;
         }
         match self {
+            Message::CopiesSent => Downgrade::Skip,
+            _ if version >= 7 => Downgrade::Same,
             Message::OrderBarrier { .. } | Message::OrderMarker { .. } | Message::OrderPassed { .. } => Downgrade::Skip,
             Message::SessionClaimAfter {
                 request,
@@ -588,7 +596,7 @@ mod tests {
     fn versions_negotiate_to_the_highest_common() {
         assert_eq!(negotiate(1, 1), Some(1), "a node of the first release");
         assert_eq!(negotiate(1, 2), Some(2));
-        assert_eq!(negotiate(1, 7), Some(MAX_VERSION));
+        assert_eq!(negotiate(1, 8), Some(MAX_VERSION));
         assert_eq!(negotiate(1, 3), Some(3));
         assert_eq!(negotiate(2, 2), Some(2), "a version 2 node is still served");
         assert_eq!(negotiate(1, 4), Some(4));
@@ -662,6 +670,14 @@ mod tests {
             },
         });
         assert!(decode_message(&bad_topic[4..]).is_err());
+    }
+
+    #[test]
+    fn version_7_peers_are_not_told_that_their_copies_are_sent() {
+        let done = frame(&Message::CopiesSent);
+        assert!(done.bytes(7).is_none());
+        let v8 = decode_message(&done.bytes(8).unwrap()[4..]).unwrap();
+        assert_eq!(v8, Message::CopiesSent);
     }
 
     #[test]
