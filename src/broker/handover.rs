@@ -369,7 +369,8 @@ impl Broker {
         released.acks
     }
 
-    /// A session handed over by another node was installed here.
+    /// A session handed over by another node, or adopted from a dead node's copy, was installed
+    /// here: for a while, a second copy of a QoS 2 message for it is dropped.
     pub(super) fn handover_installed(state: &mut State, client: &Arc<str>) {
         let now = now_ms();
         let State {

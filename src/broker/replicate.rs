@@ -221,6 +221,9 @@ impl Broker {
         let mut adopted = HashSet::new();
         for (client, replica) in replicas {
             if adopt(&mut state, &client, replica, now, &mut effects, &mut timers) {
+                // A QoS 2 message can reach it twice: by our routes, and as a forward that
+                // the dead node never acknowledged (`TakeoverForward`); the second is dropped.
+                Broker::handover_installed(&mut state, &client);
                 adopted.insert(client);
             }
         }

@@ -426,7 +426,6 @@ impl Cluster {
             local = local_groups.to_vec();
         }
         let forwarded = !per_node.is_empty();
-        let targets: Vec<NodeId> = per_node.keys().cloned().collect();
         let mut takeovers = lock(&self.takeovers);
         for (node, shared_groups) in per_node {
             if takeovers.is_takeover_id(&node) {
@@ -461,8 +460,7 @@ impl Cluster {
             let forward = if message.qos > 0 && self.peer_version(&node) >= 3 {
                 let seq = self.request(Kind::Forward, std::iter::once(node.clone()));
                 acks.push(seq);
-                let others = targets.iter().filter(|n| **n != node).cloned().collect();
-                takeovers.track(seq, node.clone(), message.clone(), others);
+                takeovers.track(seq, node.clone(), message.clone());
                 wire::Message::ForwardAcked {
                     seq,
                     message: message.clone(),

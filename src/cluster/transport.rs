@@ -90,6 +90,9 @@ async fn serve_inbound(cluster: &Arc<Cluster>, mut stream: TcpStream) -> anyhow:
     if node == cluster.me {
         return Ok(()); // our own address in the discovery list
     }
+    // Subscribed before the core hears of this connection: a reset from then on is for it.
+    let mut reset = cluster.outbox(&node).reset.subscribe();
+    let generation = *reset.borrow_and_update();
     cluster.core(CoreEvent::Inbound {
         node: node.clone(),
         address: hello.address.clone(),
@@ -97,6 +100,14 @@ async fn serve_inbound(cluster: &Arc<Cluster>, mut stream: TcpStream) -> anyhow:
     let mut stop = cluster.stop.subscribe();
     let result = tokio::select! {
         result = read_messages(cluster, &node, &mut stream) => result,
+        // The node was declared down: this connection is closed here too. Left open, what
+        // the peer wrote before it saw us go (given up on by both sides) would arrive after a
+        // heal, and its end, seconds later, would declare the node down again (TCP health
+        // check) just after the merge: a second takeover of sessions just handed back.
+        _ = reset.wait_for(|g| *g != generation) => {
+            tracing::debug!(%node, "inbound cluster connection closed: the node was declared down");
+            return Ok(());
+        }
         _ = stop.wait_for(|s| *s) => Ok(()),
     };
     cluster.core(CoreEvent::ConnectionLost { node });
@@ -146,13 +157,17 @@ pub async fn dial(cluster: Arc<Cluster>, address: String) {
                 let mut stop = cluster.stop.subscribe();
                 let mut reset = outbox.reset.subscribe();
                 let generation = *reset.borrow_and_update();
-                let e = tokio::select! {
-                    e = send_loop(&cluster, &outbox, stream, version) => e,
-                    _ = reset.wait_for(|g| *g != generation) => anyhow::anyhow!("reset: the node was declared down"),
+                tokio::select! {
+                    e = send_loop(&cluster, &outbox, stream, version) => {
+                        tracing::debug!(%node, %address, "cluster link down: {e:#}");
+                        cluster.core(CoreEvent::ConnectionLost { node });
+                    }
+                    // Declared down already: a new connection is dialled below.
+                    _ = reset.wait_for(|g| *g != generation) => {
+                        tracing::debug!(%node, %address, "cluster link reset: the node was declared down");
+                    }
                     _ = stop.wait_for(|s| *s) => return,
-                };
-                tracing::debug!(%node, %address, "cluster link down: {e:#}");
-                cluster.core(CoreEvent::ConnectionLost { node });
+                }
             }
             Err(e) => {
                 tracing::debug!(%address, "cannot reach cluster node: {e:#}");

@@ -149,6 +149,32 @@ impl Net {
         ip(&["link", "set", &self.hosts[i].link, if up { "up" } else { "down" }]);
     }
 
+    /// Cluster connections (port 8000) of host `i` that are closing: one end closed, and its
+    /// FIN not yet answered (or the other end still to close). After a cut heals, these are
+    /// the connections from before it, ending.
+    pub fn closing_cluster_connections(&self, i: usize) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.hosts[i].ns, "ss", "-Htan"])
+            .args([
+                "state",
+                "fin-wait-1",
+                "state",
+                "closing",
+                "state",
+                "last-ack",
+                "state",
+                "close-wait",
+            ])
+            .args(["( sport = :8000 or dport = :8000 )"])
+            .output()
+            .expect("ss (iproute2)");
+        assert!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Partitions host `i` from the other hosts, or heals that: every packet between them is
     /// dropped where it is sent (blackhole routes on both sides, so no FIN, no RST, nothing
     /// arrives). Unlike [`Net::set_link`], each host stays reachable from the test (the bridge
