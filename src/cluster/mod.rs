@@ -1895,7 +1895,7 @@ impl Core {
                 self.publish_alive();
                 self.cluster.ack_retained(&node, None);
                 self.cluster.acked(&node, None);
-                let out = lock(&self.cluster.takeovers).node_gone(&node);
+                let out = lock(&self.cluster.takeovers).node_gone(&node, &mut || self.cluster.next_seq());
                 self.cluster.settle(out);
                 self.detect_disaster(now_instant());
                 let filters = self.cluster.promote_orphans(&node);

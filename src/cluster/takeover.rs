@@ -21,9 +21,11 @@
 //! - A parked message is released (its publisher acknowledged) once every peer it was owed to
 //!   reported and acknowledged its `TakeoverForward`s (stored there and at their backups).
 //!
-//! A peer that dies meanwhile owes nothing any more. A report that never comes (the peer does
-//! not see the node as dead: a partition) is given up after a deadline, so acknowledgements
-//! never wait forever.
+//! A peer that dies meanwhile does not get its share, but the sessions it would have adopted
+//! pass on to the heirs of its own takeover: what was owed to it is passed on to them, each
+//! getting it once it reported that takeover (and so adopted them). A report that never comes
+//! (the peer does not see the node as dead: a partition) is given up after a deadline, so
+//! acknowledgements never wait forever.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -44,6 +46,9 @@ struct Parked {
     message: Message,
     /// Peers that have not reported their takeover yet: each gets the message when it does.
     owed: HashSet<NodeId>,
+    /// Owed to a heir that died before it got it: by that heir, the heirs of its own takeover
+    /// that have not reported it yet. Each gets the message when it does.
+    passed_on: HashMap<NodeId, HashSet<NodeId>>,
     /// `TakeoverForward` requests sent for it and not yet acknowledged.
     children: HashSet<u64>,
 }
@@ -158,6 +163,7 @@ impl Takeovers {
             let mut parked = Parked {
                 message,
                 owed,
+                passed_on: HashMap::new(),
                 children: HashSet::new(),
             };
             for to in early {
@@ -196,6 +202,7 @@ impl Takeovers {
             Parked {
                 message,
                 owed,
+                passed_on: HashMap::new(),
                 children: HashSet::new(),
             },
         );
@@ -225,7 +232,36 @@ impl Takeovers {
                 });
             }
         }
-        self.settle(&id, &mut out);
+        // Messages of other takeovers that `gone` was owed when it died: `node` adopted its
+        // share of the sessions they were for just now.
+        let ids: Vec<NodeId> = self.records.keys().cloned().collect();
+        for other in &ids {
+            let Some(record) = self.records.get_mut(other) else {
+                continue;
+            };
+            for (seq, parked) in record.parked.iter_mut() {
+                let Some(heirs) = parked.passed_on.get_mut(gone) else {
+                    continue;
+                };
+                if heirs.remove(node) && adopted {
+                    let child = next();
+                    parked.children.insert(child);
+                    self.children.insert(child, (other.clone(), *seq, node.clone()));
+                    out.flush.push(Flush {
+                        gone: gone.clone(),
+                        to: node.clone(),
+                        child,
+                        message: parked.message.clone(),
+                    });
+                }
+                if heirs.is_empty() {
+                    parked.passed_on.remove(gone);
+                }
+            }
+        }
+        for other in ids {
+            self.settle(&other, &mut out);
+        }
         out
     }
 
@@ -242,8 +278,10 @@ impl Takeovers {
         out
     }
 
-    /// `node` is gone: nothing is owed to it or awaited from it any more.
-    pub fn node_gone(&mut self, node: &NodeId) -> Outcome {
+    /// `node` is gone: nothing is awaited from it any more. What it was owed is passed on to
+    /// the heirs of its own takeover (begun before this call): those that reported it already
+    /// get it now, the others when they do. `next` numbers the `TakeoverForward` requests.
+    pub fn node_gone(&mut self, node: &NodeId, next: &mut impl FnMut() -> u64) -> Outcome {
         let lost: Vec<u64> = self
             .children
             .iter()
@@ -257,13 +295,43 @@ impl Takeovers {
                 parked.children.remove(&child);
             }
         }
+        let own = takeover_id(node);
+        let (heirs_pending, heirs_done) = match self.records.get(&own) {
+            Some(r) => (r.pending.clone(), r.done.clone()),
+            None => Default::default(),
+        };
         let ids: Vec<NodeId> = self.records.keys().cloned().collect();
         let mut out = Outcome::default();
         for id in ids {
+            if id == own {
+                continue;
+            }
             if let Some(record) = self.records.get_mut(&id) {
                 record.pending.remove(node);
-                for parked in record.parked.values_mut() {
-                    parked.owed.remove(node);
+                for (seq, parked) in record.parked.iter_mut() {
+                    let mut owed_to_it = parked.owed.remove(node);
+                    for heirs in parked.passed_on.values_mut() {
+                        owed_to_it |= heirs.remove(node);
+                    }
+                    parked.passed_on.retain(|_, heirs| !heirs.is_empty());
+                    if !owed_to_it {
+                        continue;
+                    }
+                    for to in heirs_done.iter().filter(|h| *h != node) {
+                        let child = next();
+                        parked.children.insert(child);
+                        self.children.insert(child, (id.clone(), *seq, to.clone()));
+                        out.flush.push(Flush {
+                            gone: node.clone(),
+                            to: to.clone(),
+                            child,
+                            message: parked.message.clone(),
+                        });
+                    }
+                    let later: HashSet<NodeId> = heirs_pending.iter().filter(|h| *h != node).cloned().collect();
+                    if !later.is_empty() {
+                        parked.passed_on.entry(node.clone()).or_default().extend(later);
+                    }
                 }
             }
             self.settle(&id, &mut out);
@@ -314,7 +382,7 @@ impl Takeovers {
         let settled: Vec<u64> = record
             .parked
             .iter()
-            .filter(|(_, p)| p.owed.is_empty() && p.children.is_empty())
+            .filter(|(_, p)| p.owed.is_empty() && p.passed_on.is_empty() && p.children.is_empty())
             .map(|(s, _)| *s)
             .collect();
         for seq in settled {
@@ -435,6 +503,40 @@ mod tests {
         assert!(t.acked(3).release.is_empty());
     }
 
+    /// A heir that dies before it got its share does not take it along: the sessions it would
+    /// have adopted go to the heirs of its own takeover, and so does what it was owed (a
+    /// flapping-links run lost a message so: owed to a node about to be found dead too).
+    #[test]
+    fn what_a_dying_heir_was_owed_goes_to_the_heirs_of_its_own_takeover() {
+        let mut t = Takeovers::default();
+        let mut next = numbers();
+        let (b, c, e) = (id("b"), id("c"), id("e"));
+        t.track(1, b.clone(), msg(1));
+        // b dies first. c, not yet seen dead, is the heir of b's sessions: this node and e
+        // adopt none of them.
+        let (moved, _) = t.begin(&b, peers(&["me", "c", "e"]), Instant::now(), &mut next);
+        assert_eq!(moved, vec![1]);
+        assert_eq!(t.reported(&b, &id("me"), false, &mut next), Outcome::default());
+        assert_eq!(t.reported(&b, &e, false, &mut next), Outcome::default());
+        // c dies before it reported; e saw it first and adopted (b's sessions among them).
+        let _ = t.reported(&c, &e, true, &mut next);
+        let _ = t.begin(&c, peers(&["me", "e"]), Instant::now(), &mut next);
+        let out = t.node_gone(&c, &mut next);
+        assert_eq!(out.flush.len(), 1, "e adopted already: it gets message 1 now");
+        let to_e = &out.flush[0];
+        assert_eq!((&to_e.to, &to_e.gone, &to_e.message), (&e, &c, &msg(1)));
+        assert!(out.release.is_empty());
+        // This node adopts its share of c's (and so b's) sessions: it gets message 1 too.
+        let out = t.reported(&c, &id("me"), true, &mut next);
+        let to_me: Vec<&Flush> = out.flush.iter().filter(|f| f.message == msg(1)).collect();
+        assert_eq!(to_me.len(), 1);
+        assert_eq!((&to_me[0].to, &to_me[0].gone), (&id("me"), &c));
+        assert!(out.release.is_empty());
+        let (child_e, child_me) = (to_e.child, to_me[0].child);
+        assert!(t.acked(child_e).release.is_empty(), "this node has not stored it yet");
+        assert_eq!(t.acked(child_me).release, vec![(takeover_id(&b), 1)]);
+    }
+
     #[test]
     fn a_heir_that_dies_or_never_reports_is_not_waited_for() {
         let mut t = Takeovers::default();
@@ -446,7 +548,7 @@ mod tests {
         assert!(t.park(&tid, 1, msg(1)));
         let out = t.reported(&d, &id("b"), true, &mut next);
         assert_eq!(out.flush.len(), 1);
-        let out = t.node_gone(&id("b"));
+        let out = t.node_gone(&id("b"), &mut next);
         assert!(out.release.is_empty(), "me and c still owe their reports");
         let _ = t.reported(&d, &id("me"), false, &mut next);
         let (gone, out) = t.expire(now + Duration::from_secs(60), Duration::from_secs(10));
