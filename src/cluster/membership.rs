@@ -170,21 +170,19 @@ impl Membership {
         })
     }
 
-    /// Time passed: peers silent for the heartbeat timeout are down.
-    pub fn tick(&mut self, now: Instant) -> Vec<Change> {
-        let Some(timeout) = self.detection.heartbeat_timeout else {
-            return Vec::new();
-        };
-        let silent: Vec<NodeId> = self
+    /// Time passed: the next peer silent for the heartbeat timeout is down. The caller applies
+    /// each change before it asks again: while one departure is handled, a peer not yet found
+    /// silent still counts as alive, so its own departure, handled next, takes over what it was
+    /// to adopt and was owed (both marked down at once, a forward owed to the first one's
+    /// sessions went to neither takeover and was lost).
+    pub fn tick(&mut self, now: Instant) -> Option<Change> {
+        let timeout = self.detection.heartbeat_timeout?;
+        let silent = self
             .peers
             .iter()
-            .filter(|(_, p)| p.state == State::Alive && now.saturating_duration_since(p.last_heard) > timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
-        silent
-            .into_iter()
-            .filter_map(|node| self.mark_down(&node, "no heartbeat within the timeout"))
-            .collect()
+            .find(|(_, p)| p.state == State::Alive && now.saturating_duration_since(p.last_heard) > timeout)
+            .map(|(id, _)| id.clone())?;
+        self.mark_down(&silent, "no heartbeat within the timeout")
     }
 
     fn mark_down(&mut self, node: &NodeId, why: &'static str) -> Option<Change> {
@@ -244,6 +242,25 @@ mod tests {
         );
     }
 
+    /// The Core applies each departure before the next is found (see `tick`).
+    #[test]
+    fn silent_peers_go_one_at_a_time() {
+        let t0 = Instant::now();
+        let mut m = membership(false);
+        m.connected(&id("b"), "b:8000", t0);
+        m.connected(&id("c"), "c:8000", t0);
+        let later = t0 + Duration::from_secs(10);
+        assert!(matches!(m.tick(later), Some(Change::Down { .. })));
+        assert_eq!(
+            m.size(),
+            2,
+            "the other silent peer is alive while the first departure is handled"
+        );
+        assert!(matches!(m.tick(later), Some(Change::Down { .. })));
+        assert_eq!(m.size(), 1);
+        assert_eq!(m.tick(later), None);
+    }
+
     #[test]
     fn heartbeat_timeout_marks_down() {
         let t0 = Instant::now();
@@ -251,14 +268,14 @@ mod tests {
         m.connected(&id("b"), "b:8000", t0);
         m.connected(&id("c"), "c:8000", t0);
         m.heard(&id("c"), t0 + Duration::from_secs(8));
-        assert!(m.tick(t0 + Duration::from_secs(9)).is_empty(), "not before the timeout");
-        let changes = m.tick(t0 + Duration::from_millis(9_001));
+        assert!(m.tick(t0 + Duration::from_secs(9)).is_none(), "not before the timeout");
+        let change = m.tick(t0 + Duration::from_millis(9_001));
         assert_eq!(
-            changes,
-            vec![Change::Down {
+            change,
+            Some(Change::Down {
                 node: id("b"),
                 why: "no heartbeat within the timeout"
-            }]
+            })
         );
         assert!(m.is_alive(&id("c")));
     }

@@ -1528,7 +1528,7 @@ impl Core {
                 self.order_holds.insert(token, (client, via, now + ORDER_HOLD_LIMIT));
             }
             CoreEvent::Tick => {
-                for change in self.membership.tick(now) {
+                while let Some(change) = self.membership.tick(now) {
                     self.apply(change);
                 }
                 let over: Vec<u64> = self
