@@ -1879,7 +1879,11 @@ impl Core {
             }
             Change::Down { node, why } => {
                 tracing::warn!(%node, "node left the cluster: {why}");
-                self.cluster.outbox(&node).reset.send_modify(|g| *g += 1);
+                let outbox = self.cluster.outbox(&node);
+                outbox.reset.send_modify(|g| *g += 1);
+                if why != membership::LEFT {
+                    outbox.close_inbound.send_modify(|g| *g += 1);
+                }
                 let mut peers: HashSet<NodeId> = self
                     .membership
                     .alive()

@@ -90,8 +90,8 @@ async fn serve_inbound(cluster: &Arc<Cluster>, mut stream: TcpStream) -> anyhow:
     if node == cluster.me {
         return Ok(()); // our own address in the discovery list
     }
-    // Subscribed before the core hears of this connection: a reset from then on is for it.
-    let mut reset = cluster.outbox(&node).reset.subscribe();
+    // Subscribed before the core hears of this connection: a close from then on is for it.
+    let mut reset = cluster.outbox(&node).close_inbound.subscribe();
     let generation = *reset.borrow_and_update();
     cluster.core(CoreEvent::Inbound {
         node: node.clone(),
@@ -100,12 +100,13 @@ async fn serve_inbound(cluster: &Arc<Cluster>, mut stream: TcpStream) -> anyhow:
     let mut stop = cluster.stop.subscribe();
     let result = tokio::select! {
         result = read_messages(cluster, &node, &mut stream) => result,
-        // The node was declared down: this connection is closed here too. Left open, what
-        // the peer wrote before it saw us go (given up on by both sides) would arrive after a
-        // heal, and its end, seconds later, would declare the node down again (TCP health
-        // check) just after the merge: a second takeover of sessions just handed back.
+        // The node was found dead (not: it left): this connection is closed here too. Left
+        // open, what the peer wrote before it saw us go (given up on by both sides) would
+        // arrive after a heal, and its end, seconds later, would declare the node down again
+        // (TCP health check) just after the merge: a second takeover of sessions just handed
+        // back. A node that left keeps talking while it shuts down (redirects, markers).
         _ = reset.wait_for(|g| *g != generation) => {
-            tracing::debug!(%node, "inbound cluster connection closed: the node was declared down");
+            tracing::debug!(%node, "inbound cluster connection closed: the node was found dead");
             return Ok(());
         }
         _ = stop.wait_for(|s| *s) => Ok(()),
@@ -226,6 +227,8 @@ pub struct Outbox {
     /// Bumped when the node is declared down: the connection in use is dropped and dialled
     /// again, because a silent (black-holed) TCP connection would otherwise linger for minutes.
     pub reset: tokio::sync::watch::Sender<u64>,
+    /// Bumped when the node is found dead (not when it leaves): its connections to us close.
+    pub close_inbound: tokio::sync::watch::Sender<u64>,
 }
 
 impl Outbox {
@@ -236,6 +239,7 @@ impl Outbox {
             rx: tokio::sync::Mutex::new((rx, None)),
             queued_bytes: Default::default(),
             reset: tokio::sync::watch::channel(0).0,
+            close_inbound: tokio::sync::watch::channel(0).0,
         }
     }
 
