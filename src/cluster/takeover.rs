@@ -90,8 +90,8 @@ pub struct Takeovers {
     records: HashMap<NodeId, Record>,
     /// Reports for a node that this node did not see die yet: dead node → reporters.
     early: HashMap<NodeId, HashSet<NodeId>>,
-    /// Acknowledged forwards not yet acknowledged: seq → (node, message, the other nodes the
-    /// same publish went to).
+    /// Acknowledged forwards (`ForwardAcked`) whose acknowledgement has not come yet:
+    /// seq → (node, message).
     in_flight: HashMap<u64, (NodeId, Message)>,
     /// `TakeoverForward` request → (takeover id, parent request, node it went to).
     children: HashMap<u64, (NodeId, u64, NodeId)>,
