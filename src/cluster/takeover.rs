@@ -53,6 +53,29 @@ struct Parked {
     children: HashSet<u64>,
 }
 
+impl Parked {
+    /// A `TakeoverForward` of this message (request `seq` of takeover `id`) to `to`, for the
+    /// sessions it adopted from `gone`; its acknowledgement is waited for (`children`).
+    fn forward(
+        &mut self,
+        (id, seq): (&NodeId, u64),
+        to: &NodeId,
+        gone: &NodeId,
+        children: &mut HashMap<u64, (NodeId, u64, NodeId)>,
+        next: &mut impl FnMut() -> u64,
+    ) -> Flush {
+        let child = next();
+        self.children.insert(child);
+        children.insert(child, (id.clone(), seq, to.clone()));
+        Flush {
+            gone: gone.clone(),
+            to: to.clone(),
+            child,
+            message: self.message.clone(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Record {
     gone: NodeId,
@@ -168,15 +191,8 @@ impl Takeovers {
             };
             for to in early {
                 parked.owed.remove(&to);
-                let child = next();
-                parked.children.insert(child);
-                self.children.insert(child, (id.clone(), *seq, to.clone()));
-                out.flush.push(Flush {
-                    gone: gone.clone(),
-                    to,
-                    child,
-                    message: parked.message.clone(),
-                });
+                let flush = parked.forward((&id, *seq), &to, gone, &mut self.children, next);
+                out.flush.push(flush);
             }
             record.parked.insert(*seq, parked);
         }
@@ -221,15 +237,8 @@ impl Takeovers {
         record.done.insert(node.clone());
         for (seq, parked) in record.parked.iter_mut() {
             if parked.owed.remove(node) && adopted {
-                let child = next();
-                parked.children.insert(child);
-                self.children.insert(child, (id.clone(), *seq, node.clone()));
-                out.flush.push(Flush {
-                    gone: gone.clone(),
-                    to: node.clone(),
-                    child,
-                    message: parked.message.clone(),
-                });
+                let flush = parked.forward((&id, *seq), node, gone, &mut self.children, next);
+                out.flush.push(flush);
             }
         }
         // Messages of other takeovers that `gone` was owed when it died: `node` adopted its
@@ -243,19 +252,13 @@ impl Takeovers {
                 let Some(heirs) = parked.passed_on.get_mut(gone) else {
                     continue;
                 };
-                if heirs.remove(node) && adopted {
-                    let child = next();
-                    parked.children.insert(child);
-                    self.children.insert(child, (other.clone(), *seq, node.clone()));
-                    out.flush.push(Flush {
-                        gone: gone.clone(),
-                        to: node.clone(),
-                        child,
-                        message: parked.message.clone(),
-                    });
-                }
+                let owed = heirs.remove(node);
                 if heirs.is_empty() {
                     parked.passed_on.remove(gone);
+                }
+                if owed && adopted {
+                    let flush = parked.forward((other, *seq), node, gone, &mut self.children, next);
+                    out.flush.push(flush);
                 }
             }
         }
@@ -318,15 +321,8 @@ impl Takeovers {
                         continue;
                     }
                     for to in heirs_done.iter().filter(|h| *h != node) {
-                        let child = next();
-                        parked.children.insert(child);
-                        self.children.insert(child, (id.clone(), *seq, to.clone()));
-                        out.flush.push(Flush {
-                            gone: node.clone(),
-                            to: to.clone(),
-                            child,
-                            message: parked.message.clone(),
-                        });
+                        let flush = parked.forward((&id, *seq), to, node, &mut self.children, next);
+                        out.flush.push(flush);
                     }
                     let later: HashSet<NodeId> = heirs_pending.iter().filter(|h| *h != node).cloned().collect();
                     if !later.is_empty() {
