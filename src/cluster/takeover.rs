@@ -281,9 +281,10 @@ impl Takeovers {
         out
     }
 
-    /// `node` is gone: nothing is awaited from it any more. What it was owed is passed on to
-    /// the heirs of its own takeover (begun before this call): those that reported it already
-    /// get it now, the others when they do. `next` numbers the `TakeoverForward` requests.
+    /// `node` is gone: nothing is awaited from it any more. What it was owed, and what it was
+    /// sent but had not acknowledged (stored), is passed on to the heirs of its own takeover
+    /// (begun before this call): those that reported it already get it now, the others when
+    /// they do. `next` numbers the `TakeoverForward` requests.
     pub fn node_gone(&mut self, node: &NodeId, next: &mut impl FnMut() -> u64) -> Outcome {
         let lost: Vec<u64> = self
             .children
@@ -291,11 +292,14 @@ impl Takeovers {
             .filter(|(_, (_, _, to))| to == node)
             .map(|(c, _)| *c)
             .collect();
+        // (takeover id, parked request) of the forwards `node` never acknowledged.
+        let mut unstored: HashSet<(NodeId, u64)> = HashSet::new();
         for child in lost {
             if let Some((id, parent, _)) = self.children.remove(&child)
                 && let Some(parked) = self.records.get_mut(&id).and_then(|r| r.parked.get_mut(&parent))
             {
                 parked.children.remove(&child);
+                unstored.insert((id, parent));
             }
         }
         let own = takeover_id(node);
@@ -312,7 +316,7 @@ impl Takeovers {
             if let Some(record) = self.records.get_mut(&id) {
                 record.pending.remove(node);
                 for (seq, parked) in record.parked.iter_mut() {
-                    let mut owed_to_it = parked.owed.remove(node);
+                    let mut owed_to_it = parked.owed.remove(node) | unstored.contains(&(id.clone(), *seq));
                     for heirs in parked.passed_on.values_mut() {
                         owed_to_it |= heirs.remove(node);
                     }
@@ -531,6 +535,34 @@ mod tests {
         let (child_e, child_me) = (to_e.child, to_me[0].child);
         assert!(t.acked(child_e).release.is_empty(), "this node has not stored it yet");
         assert_eq!(t.acked(child_me).release, vec![(takeover_id(&b), 1)]);
+    }
+
+    /// A heir that got its share but dies before it acknowledged (stored) it: its sessions
+    /// pass on to the heirs of its own takeover, and so does the message.
+    #[test]
+    fn what_a_dying_heir_had_not_stored_goes_to_the_heirs_of_its_own_takeover() {
+        let mut t = Takeovers::default();
+        let mut next = numbers();
+        let (b, c) = (id("b"), id("c"));
+        t.track(1, b.clone(), msg(1));
+        let _ = t.begin(&b, peers(&["me", "c"]), Instant::now(), &mut next);
+        assert_eq!(t.reported(&b, &id("me"), false, &mut next), Outcome::default());
+        let out = t.reported(&b, &c, true, &mut next);
+        assert_eq!(out.flush.len(), 1, "c adopted b's sessions: it is sent message 1");
+        // c dies before its acknowledgement came.
+        let _ = t.begin(&c, peers(&["me"]), Instant::now(), &mut next);
+        let out = t.node_gone(&c, &mut next);
+        assert!(
+            out.release.is_empty(),
+            "not released: nobody holding b's sessions stored it"
+        );
+        let out = t.reported(&c, &id("me"), true, &mut next);
+        assert_eq!(out.flush.len(), 1);
+        assert_eq!(
+            (&out.flush[0].to, &out.flush[0].gone, &out.flush[0].message),
+            (&id("me"), &c, &msg(1))
+        );
+        assert_eq!(t.acked(out.flush[0].child).release, vec![(takeover_id(&b), 1)]);
     }
 
     #[test]
