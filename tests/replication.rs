@@ -891,7 +891,7 @@ impl TwoSides {
 /// not hold across a merge).
 ///
 /// It lost about 70 messages in 1 of 3 runs until a node closed its inbound connections from a
-/// node it declared down: the end of such a connection, arriving after the heal, declared the
+/// node it found dead: the end of such a connection, arriving after the heal, declared the
 /// node down again just after the merge, and the sessions just handed back were taken over a
 /// second time, with what was in flight to them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

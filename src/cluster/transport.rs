@@ -91,8 +91,8 @@ async fn serve_inbound(cluster: &Arc<Cluster>, mut stream: TcpStream) -> anyhow:
         return Ok(()); // our own address in the discovery list
     }
     // Subscribed before the core hears of this connection: a close from then on is for it.
-    let mut reset = cluster.outbox(&node).close_inbound.subscribe();
-    let generation = *reset.borrow_and_update();
+    let mut close = cluster.outbox(&node).close_inbound.subscribe();
+    let generation = *close.borrow_and_update();
     cluster.core(CoreEvent::Inbound {
         node: node.clone(),
         address: hello.address.clone(),
@@ -105,7 +105,7 @@ async fn serve_inbound(cluster: &Arc<Cluster>, mut stream: TcpStream) -> anyhow:
         // arrive after a heal, and its end, seconds later, would declare the node down again
         // (TCP health check) just after the merge: a second takeover of sessions just handed
         // back. A node that left keeps talking while it shuts down (redirects, markers).
-        _ = reset.wait_for(|g| *g != generation) => {
+        _ = close.wait_for(|g| *g != generation) => {
             tracing::debug!(%node, "inbound cluster connection closed: the node was found dead");
             return Ok(());
         }
