@@ -71,6 +71,7 @@ impl Parked {
             gone: gone.clone(),
             to: to.clone(),
             child,
+            parent: seq,
             message: self.message.clone(),
         }
     }
@@ -104,6 +105,9 @@ pub struct Flush {
     pub gone: NodeId,
     pub to: NodeId,
     pub child: u64,
+    /// The parked request: this node numbers every request in one sequence, in the order it
+    /// routed the messages, so flushes go out sorted by it (a publisher's order).
+    pub parent: u64,
     pub message: Message,
 }
 
@@ -165,12 +169,14 @@ impl Takeovers {
             since: now,
             parked: BTreeMap::new(),
         };
-        let unacked: Vec<u64> = self
+        let mut unacked: Vec<u64> = self
             .in_flight
             .iter()
             .filter(|(_, (n, _))| n == gone)
             .map(|(s, _)| *s)
             .collect();
+        // In the order they were routed: a publisher's messages reach the heirs in its order.
+        unacked.sort_unstable();
         let mut out = Outcome::default();
         for seq in &unacked {
             let Some((_, message)) = self.in_flight.remove(seq) else {
@@ -265,6 +271,8 @@ impl Takeovers {
         for other in ids {
             self.settle(&other, &mut out);
         }
+        // This takeover's messages and those passed on from others, interleaved as routed.
+        out.flush.sort_by_key(|f| f.parent);
         out
     }
 
@@ -336,6 +344,7 @@ impl Takeovers {
             }
             self.settle(&id, &mut out);
         }
+        out.flush.sort_by_key(|f| f.parent);
         out
     }
 
@@ -454,6 +463,50 @@ mod tests {
         let out = t.acked(100);
         assert_eq!(out.release, vec![(tid.clone(), 7)]);
         assert_eq!(t.take_ended(), vec![tid]);
+    }
+
+    /// A heir that reported before the node died gets its unacknowledged forwards at once, in
+    /// the order they were routed (a flapping-links run got them in hash order: out of order).
+    #[test]
+    fn unacknowledged_forwards_go_to_an_early_heir_in_routing_order() {
+        let mut t = Takeovers::default();
+        let mut next = numbers();
+        let d = id("d");
+        for seq in [9, 3, 7, 1, 5, 8, 2, 6, 4] {
+            t.track(seq, d.clone(), msg(seq as u32));
+        }
+        assert!(t.reported(&d, &id("b"), true, &mut next).flush.is_empty(), "early");
+        let (moved, out) = t.begin(&d, peers(&["b"]), Instant::now(), &mut next);
+        assert_eq!(moved, (1..=9).collect::<Vec<u64>>());
+        let sent: Vec<Message> = out.flush.iter().map(|f| f.message.clone()).collect();
+        assert_eq!(sent, (1..=9).map(msg).collect::<Vec<Message>>());
+    }
+
+    /// Messages of two takeovers reach a heir in the order they were routed: a publish went to
+    /// both dead nodes, and one had acknowledged an earlier message that the other had not
+    /// (a flapping-links run got 991…999 then 990).
+    #[test]
+    fn a_heir_gets_the_messages_of_two_takeovers_in_routing_order() {
+        let mut t = Takeovers::default();
+        let mut next = numbers();
+        let (b, c) = (id("b"), id("c"));
+        t.track(1, b.clone(), msg(990));
+        for (n, seq) in [(991, 3), (992, 5)] {
+            t.track(seq, b.clone(), msg(n));
+            t.track(seq + 1, c.clone(), msg(n));
+        }
+        let _ = t.begin(&b, peers(&["me", "c"]), Instant::now(), &mut next);
+        let _ = t.begin(&c, peers(&["me"]), Instant::now(), &mut next);
+        assert!(t.reported(&b, &id("me"), false, &mut next).flush.is_empty());
+        assert!(
+            t.node_gone(&c, &mut next).flush.is_empty(),
+            "passed on: me has not reported c"
+        );
+        let out = t.reported(&c, &id("me"), true, &mut next);
+        let sent: Vec<u64> = out.flush.iter().map(|f| f.parent).collect();
+        assert_eq!(sent, vec![1, 3, 4, 5, 6], "b's passed-on ones between c's own");
+        let payloads: Vec<Message> = out.flush.iter().map(|f| f.message.clone()).collect();
+        assert_eq!(payloads, [990, 991, 991, 992, 992].map(msg).to_vec());
     }
 
     /// The last heir to report is sent the message; it is released only on that one's ack.
