@@ -176,6 +176,17 @@ impl OrderHolds {
         previous
     }
 
+    /// `client`'s hold `token` waits for `node` too; whether that hold is still on.
+    pub fn wait_also(&mut self, client: &str, token: u64, node: &Arc<str>) -> bool {
+        match self.by_client.get_mut(client) {
+            Some(hold) if hold.token == token => {
+                hold.waiting.insert(node.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `message`, sent here directly by `sender`, waits for `sender`'s marker before
     /// `client`'s session gets it; kept if so.
     pub fn hold(&mut self, client: &str, sender: &str, message: &Arc<Message>) -> bool {
@@ -351,6 +362,59 @@ impl Broker {
         if let Some(cluster) = self.cluster.get() {
             cluster.ack_held(acks, ticket);
         }
+    }
+
+    /// A partition healed and `node` is back: what it sends our persistent sessions directly
+    /// waits (see `cluster::merge_holds`). A session whose merge hold is on already (`held`
+    /// gives its token) waits for `node` as well; every other one, except those in `skip`,
+    /// gets a hold of its own, with a token from `token`. Returns the sessions held, with
+    /// their hold's token.
+    pub fn hold_for_merge(
+        self: &Arc<Self>,
+        node: &Arc<str>,
+        held: impl Fn(&str) -> Option<u64>,
+        skip: &HashSet<Arc<str>>,
+        mut token: impl FnMut() -> u64,
+    ) -> Vec<(Arc<str>, u64)> {
+        let mut state = self.lock();
+        let clients: Vec<Arc<str>> = state
+            .sessions
+            .iter()
+            .filter(|(c, s)| s.is_persistent() && !s.subscriptions.is_empty() && !skip.contains(*c))
+            .map(|(c, _)| c.clone())
+            .collect();
+        let mut covered = Vec::new();
+        let mut effects = Effects::default();
+        let mut acks = Vec::new();
+        for client in clients {
+            if let Some(t) = held(&client)
+                && state.order_holds.wait_also(&client, t, node)
+            {
+                covered.push((client, t));
+                continue;
+            }
+            let order = HoldOrder {
+                token: token(),
+                via: node.clone(),
+                waiting: vec![node.clone()],
+            };
+            // A handover's hold still on ends here: what it held goes first.
+            if let Some(released) = state.order_holds.start(&client, &order) {
+                acks.extend(self.deliver_released(&mut state, &client, released, &mut effects));
+            }
+            covered.push((client, order.token));
+        }
+        let ticket = self.finish(&mut state, effects, Vec::new());
+        drop(state);
+        if let Some(cluster) = self.cluster.get() {
+            cluster.ack_held(acks, ticket);
+        }
+        covered
+    }
+
+    /// Whether hold `token` is still on (some node's marker is still waited for).
+    pub fn order_hold_on(&self, token: u64) -> bool {
+        self.lock().order_holds.client(token).is_some()
     }
 
     /// Gives a session the messages held for it; returns the forwards now due an

@@ -249,8 +249,8 @@ pub enum HandBack {
     Nothing,
     /// Its client is connected here: this copy stays, the other side should send theirs.
     Connected,
-    /// The copy, removed here, for its original home to merge.
-    Moved(SessionExport),
+    /// The copy was removed here; `moved` had it, for its original home to merge.
+    Moved,
 }
 
 impl Broker {
@@ -258,9 +258,10 @@ impl Broker {
     /// gone, goes back to that home (which kept its own copy meanwhile) unless its client is
     /// connected here. Removing it here also tells its backups to forget it.
     ///
-    /// `moved` runs under the broker lock once the session is gone here (the caller routes its
-    /// filters to the home there, so that no publish finds neither copy).
-    pub fn hand_back(self: &Arc<Self>, client: &str, moved: impl FnOnce(&SessionExport)) -> HandBack {
+    /// `moved` gets the copy under the broker lock once the session is gone here (the caller
+    /// sends it and routes its filters to the home there, so that no publish finds neither copy
+    /// and later ones follow the copy).
+    pub fn hand_back(self: &Arc<Self>, client: &str, moved: impl FnOnce(SessionExport)) -> HandBack {
         let client: Arc<str> = Arc::from(client);
         let mut state = self.lock();
         let export = match state.sessions.get(&client) {
@@ -270,9 +271,9 @@ impl Broker {
         };
         let mut effects = Effects::default();
         remove_session(&mut state, &client, &mut effects);
-        moved(&export);
+        moved(export);
         self.finish(&mut state, effects, Vec::new());
-        HandBack::Moved(export)
+        HandBack::Moved
     }
 
     /// A partition healed, and `export` is the copy of `client`'s session that the other side

@@ -18,6 +18,7 @@
 pub mod handed;
 pub mod hlc;
 pub mod membership;
+pub mod merge_holds;
 pub mod node_id;
 pub mod placement;
 pub mod replication;
@@ -952,6 +953,14 @@ impl Cluster {
         let homes: Vec<(Arc<str>, NodeId)> = replicas.iter().map(|(c, r)| (c.clone(), r.home.clone())).collect();
         let mut local = Vec::new();
         let (adopted, filters, ticket) = self.broker.adopt_replicas(replicas, |adopted| {
+            // A session we handed back to its home after an earlier partition is ours again:
+            // what reaches us for it is no longer redirected there (it overtook the merge).
+            {
+                let mut handed = lock(&self.handed);
+                for client in adopted {
+                    handed.forget(client);
+                }
+            }
             // Under the broker lock, then the route table's: no publish in between.
             let routes = write(&self.routes);
             let out = lock(&self.takeovers).reported(gone, &self.me, !adopted.is_empty(), &mut || self.next_seq());
@@ -1237,38 +1246,37 @@ impl Cluster {
     /// unless its client is connected here: then, with `ask`, `node` is asked for its copy
     /// instead (without, the client is connected on both sides, and both copies live on).
     fn hand_back(&self, node: &NodeId, client: &str, ask: bool) {
-        // Until its route snapshot arrives, `node` gets what matches the session here: after
-        // the `SessionMerge` on the same link, so the session's messages keep their order.
-        let routes_to_home = |export: &SessionExport| {
-            let filters = export.subscriptions.iter().map(|(f, _)| f.clone());
-            write(&self.routes).add(node, filters);
+        // Under the broker lock, once the session is gone here: from now on `node` gets what
+        // matches it (until its route snapshot arrives), and the copy goes out first, ahead of
+        // those messages on the same link, so the session's messages keep their order.
+        let moved = |export: SessionExport| {
+            let filters: Vec<String> = export.subscriptions.iter().map(|(f, _)| f.clone()).collect();
+            write(&self.routes).add(node, filters.iter().cloned());
+            // What reaches us for it meanwhile follows it (see `handed`).
+            lock(&self.handed).handed(Arc::from(client), node.clone(), filters, Instant::now());
+            let merge = wire::Message::SessionMerge {
+                client: client.to_owned(),
+                export: Some(export),
+            };
+            self.send(node, &merge);
         };
-        let export = match self.broker.hand_back(client, routes_to_home) {
-            HandBack::Nothing => return,
-            HandBack::Moved(export) => {
-                // What reaches us for it meanwhile follows it (see `handed`).
-                let filters = export.subscriptions.iter().map(|(f, _)| f.clone()).collect();
-                lock(&self.handed).handed(Arc::from(client), node.clone(), filters, Instant::now());
-                Some(export)
+        match self.broker.hand_back(client, moved) {
+            HandBack::Nothing => {}
+            HandBack::Moved => {
+                tracing::info!(%client, "merging a session kept on both sides of a partition (the copy goes to its other node)");
             }
-            HandBack::Connected if ask => None,
+            HandBack::Connected if ask => {
+                tracing::info!(%client, "merging a session kept on both sides of a partition (the copy goes here)");
+                let merge = wire::Message::SessionMerge {
+                    client: client.to_owned(),
+                    export: None,
+                };
+                self.send(node, &merge);
+            }
             HandBack::Connected => {
                 tracing::warn!(%client, "a client is connected on both sides of a healed partition; both sessions stay");
-                return;
             }
-        };
-        tracing::info!(
-            %client,
-            "merging a session kept on both sides of a partition (the copy goes {})",
-            if export.is_some() { "to its other node" } else { "here" }
-        );
-        self.send(
-            node,
-            &wire::Message::SessionMerge {
-                client: client.to_owned(),
-                export,
-            },
-        );
+        }
     }
 
     /// A local client connected with a will (`Some`), or its will is settled here (`None`):
@@ -1386,6 +1394,9 @@ struct Core {
     /// Order holds of sessions handed over here, by token: the client, the node the markers
     /// come through, and when the hold ends if they do not all come.
     order_holds: HashMap<u64, (String, NodeId, Instant)>,
+    /// Our sessions holding what returning nodes send them directly after a partition, until
+    /// the copies taken over on their side are merged (see [`merge_holds`]).
+    merge_holds: merge_holds::MergeHolds,
 }
 
 impl Core {
@@ -1410,6 +1421,7 @@ impl Core {
             disaster_warned: false,
             reduced_logged: None,
             order_holds: HashMap::new(),
+            merge_holds: Default::default(),
             cluster,
         }
     }
@@ -1512,21 +1524,7 @@ impl Core {
                 self.cluster.broadcast(&wire::Message::Leave);
                 let _ = said.send(());
             }
-            CoreEvent::OrderBarrier { client, token, via } => {
-                self.cluster.broadcast(&wire::Message::OrderBarrier {
-                    client: client.clone(),
-                    token,
-                    via: via.to_string(),
-                });
-                // Our own marker, behind what we sent the old holder.
-                let marker = wire::Message::OrderMarker {
-                    client: client.clone(),
-                    token,
-                    to: self.cluster.me.to_string(),
-                };
-                self.cluster.send(&via, &marker);
-                self.order_holds.insert(token, (client, via, now + ORDER_HOLD_LIMIT));
-            }
+            CoreEvent::OrderBarrier { client, token, via } => self.send_order_barrier(client, token, via, now),
             CoreEvent::Tick => {
                 while let Some(change) = self.membership.tick(now) {
                     self.apply(change);
@@ -1541,6 +1539,8 @@ impl Core {
                     self.order_holds.remove(&token);
                     self.cluster.broker.order_passed(token, None);
                 }
+                let ended = self.merge_holds.expired(now);
+                self.end_merge_holds(ended);
                 self.cluster.takeover_tick();
                 let withdrawn: Vec<String> = lock(&self.cluster.handed)
                     .expire(now)
@@ -1762,9 +1762,29 @@ impl Core {
             wire::Message::SessionMerge { client, export } => match export {
                 Some(export) => {
                     cluster.broker.merge_session(&client, export);
+                    // Ours again, if we had handed it away: no more redirects for it.
+                    lock(&cluster.handed).forget(&client);
+                    if let Some(token) = self.merge_holds.merged(&client, &node, now_instant()) {
+                        // What the adopter sent directly follows its copy (one link); the
+                        // others' messages wait for their markers, which come through it.
+                        cluster.broker.order_passed(token, Some(&node));
+                        if cluster.broker.order_hold_on(token) {
+                            self.send_order_barrier(client, token, node.clone(), now_instant());
+                        }
+                    }
                 }
-                None => cluster.hand_back(&node, &client, false),
+                None => {
+                    // The copy goes to `node`: with what was held for it.
+                    if let Some(token) = self.merge_holds.handed_away(&client) {
+                        cluster.broker.order_passed(token, None);
+                    }
+                    cluster.hand_back(&node, &client, false);
+                }
             },
+            wire::Message::HandBacksDone => {
+                let ended = self.merge_holds.handed_back(&node, now_instant());
+                self.end_merge_holds(ended);
+            }
             wire::Message::SessionHandover { request, answer } => {
                 cluster.claim_answered(&node, Some(request), Some(answer));
             }
@@ -1842,6 +1862,10 @@ impl Core {
                 lock(&self.cluster.adopted_from).remove(&node);
                 let adopted = lock(&self.cluster.taken_from).remove(&node);
                 self.publish_alive();
+                if merge && self.cluster.peer_version(&node) >= 9 {
+                    // Before our routes reach it: nothing it sends our sessions directly escapes.
+                    self.hold_for_merge(&node, adopted.as_ref(), now_instant());
+                }
                 // Our state for the peer, then the marker that it is complete.
                 let cluster = &self.cluster;
                 cluster.send(
@@ -1866,6 +1890,9 @@ impl Core {
                     for client in adopted.unwrap_or_default() {
                         cluster.hand_back(&node, &client, true);
                     }
+                }
+                if cluster.peer_version(&node) >= 9 {
+                    cluster.send(&node, &wire::Message::HandBacksDone);
                 }
                 cluster.rebalance(Some(node.clone()));
                 if !self.joined && cluster.peer_version(&node) >= 8 && !self.copies_early.remove(&node) {
@@ -1905,6 +1932,17 @@ impl Core {
                 let filters = self.cluster.promote_orphans(&node);
                 self.local_filters.extend(filters);
                 self.order_holds_after_departure(&node, now_instant());
+                // What it sent our sessions directly is no longer held for its marker.
+                for token in self.merge_holds.tokens() {
+                    self.cluster.broker.order_passed(token, Some(&node));
+                }
+                match why == membership::LEFT {
+                    true => {
+                        let ended = self.merge_holds.left(&node);
+                        self.end_merge_holds(ended);
+                    }
+                    false => self.merge_holds.lost(&node, now_instant()),
+                }
                 self.cluster.rebalance(None);
                 self.cluster.claim_answered(&node, None, None);
                 self.take_over_wills(&node, why);
@@ -1913,6 +1951,59 @@ impl Core {
             }
         }
     }
+    /// A session handed over (or merged) here from `via` waits for every node's order marker
+    /// through `via`: the barrier goes out, with our own marker, behind what we sent `via`.
+    fn send_order_barrier(&mut self, client: String, token: u64, via: NodeId, now: Instant) {
+        self.cluster.broadcast(&wire::Message::OrderBarrier {
+            client: client.clone(),
+            token,
+            via: via.to_string(),
+        });
+        let marker = wire::Message::OrderMarker {
+            client: client.clone(),
+            token,
+            to: self.cluster.me.to_string(),
+        };
+        self.cluster.send(&via, &marker);
+        self.order_holds.insert(token, (client, via, now + ORDER_HOLD_LIMIT));
+    }
+
+    /// `node` is back after a partition: our persistent sessions (but those we took over from
+    /// it, which go back to it) hold what it sends them directly until their copies from the
+    /// other side are merged or every returning node handed back (see [`merge_holds`]).
+    fn hold_for_merge(&mut self, node: &NodeId, taken_from_it: Option<&HashSet<Arc<str>>>, now: Instant) {
+        self.merge_holds.returned(node, now);
+        let none = HashSet::new();
+        let holds = &self.merge_holds;
+        let cluster = self.cluster.clone();
+        let covered = cluster.broker.hold_for_merge(
+            node,
+            |client| holds.token(client),
+            taken_from_it.unwrap_or(&none),
+            || cluster.next_order.fetch_add(1, Ordering::Relaxed) + 1,
+        );
+        if !covered.is_empty() {
+            tracing::debug!(%node, sessions = covered.len(), "holding what a returning node sends our sessions directly until they are merged");
+        }
+        for (client, token) in covered {
+            match self.merge_holds.holding(client.clone(), token, node) {
+                merge_holds::OnReturn::Hold => {}
+                merge_holds::OnReturn::Pass => cluster.broker.order_passed(token, Some(node)),
+                merge_holds::OnReturn::Barrier(via) => self.send_order_barrier(client.to_string(), token, via, now),
+            }
+        }
+        // Its hand-backs may have come before we saw it return.
+        let ended = self.merge_holds.ended();
+        self.end_merge_holds(ended);
+    }
+
+    /// Merge holds that are over: what they held goes to the sessions.
+    fn end_merge_holds(&mut self, tokens: Vec<u64>) {
+        for token in tokens {
+            self.cluster.broker.order_passed(token, None);
+        }
+    }
+
     /// `node` is gone. Its markers will not come: order holds stop waiting for them. Holds
     /// whose markers were to come through it wait instead for each node's marker sent straight
     /// here, behind the takeover report we just broadcast: each node sends the forwards `node`

@@ -33,6 +33,11 @@
 //! - 8: a node tells a node that joined when it has sent it every session copy the new
 //!   membership gives it ([`Message::CopiesSent`]): the joining node is ready only then. A
 //!   version 7 peer is sent none and not waited for.
+//! - 9: after a partition heals, a node tells each returning node when it has handed back
+//!   every session it took over from it ([`Message::HandBacksDone`]): until then, the
+//!   returning node holds what the others send its own sessions directly, so that the merged
+//!   copy's messages come first (order per publisher; see `cluster::merge_holds`). A version 8
+//!   peer is sent none and not waited for.
 //!
 //! [`Message`] is one enum for every version: a variant's position is its tag on the wire, so
 //! variants are only ever appended. A variant added in version N is never sent on a connection
@@ -54,7 +59,7 @@ pub const MAGIC: [u8; 8] = *b"APIARY-C";
 /// The protocol versions this build speaks. A release must keep speaking the previous one
 /// (rolling upgrades).
 pub const MIN_VERSION: u16 = 1;
-pub const MAX_VERSION: u16 = 8;
+pub const MAX_VERSION: u16 = 9;
 
 /// The largest frame accepted: a maximal MQTT message plus room for the envelope.
 pub const MAX_FRAME: usize = 268_435_460 + 64 * 1024;
@@ -254,6 +259,9 @@ pub enum Message {
     /// (8) The sender's rebalancing pass after the receiver joined is over: every copy of the
     /// sender's sessions that the receiver is to hold was stored there (acknowledged).
     CopiesSent,
+    /// (9) The sender saw the receiver come back and has sent it (`SessionMerge`, on this link
+    /// before this) every session it had taken over from it: no more merges come from it.
+    HandBacksDone,
 }
 
 /// The form of a message for an older peer.
@@ -273,10 +281,12 @@ impl Message {
     /// the version's physical time as `created_ms`.
     /// Version 2 peers get acknowledged forwards as plain ones and no session replication.
     pub fn downgrade(&self, version: u16) -> Downgrade {
-        if version >= 8 {
+        if version >= 9 {
             return Downgrade::Same;
         }
         match self {
+            Message::HandBacksDone => Downgrade::Skip,
+            _ if version >= 8 => Downgrade::Same,
             Message::CopiesSent => Downgrade::Skip,
             _ if version >= 7 => Downgrade::Same,
             Message::OrderBarrier { .. } | Message::OrderMarker { .. } | Message::OrderPassed { .. } => Downgrade::Skip,
@@ -596,7 +606,8 @@ mod tests {
     fn versions_negotiate_to_the_highest_common() {
         assert_eq!(negotiate(1, 1), Some(1), "a node of the first release");
         assert_eq!(negotiate(1, 2), Some(2));
-        assert_eq!(negotiate(1, 8), Some(MAX_VERSION));
+        assert_eq!(negotiate(1, 9), Some(MAX_VERSION));
+        assert_eq!(negotiate(1, 8), Some(8));
         assert_eq!(negotiate(1, 3), Some(3));
         assert_eq!(negotiate(2, 2), Some(2), "a version 2 node is still served");
         assert_eq!(negotiate(1, 4), Some(4));
@@ -670,6 +681,14 @@ mod tests {
             },
         });
         assert!(decode_message(&bad_topic[4..]).is_err());
+    }
+
+    #[test]
+    fn version_8_peers_are_not_told_that_hand_backs_are_done() {
+        let done = frame(&Message::HandBacksDone);
+        assert!(done.bytes(8).is_none());
+        let v9 = decode_message(&done.bytes(9).unwrap()[4..]).unwrap();
+        assert_eq!(v9, Message::HandBacksDone);
     }
 
     #[test]
