@@ -188,7 +188,7 @@ async fn recover_replicas(
     }
     let copies = replicas.len();
     // Each copy is deleted in the same write that stores the session it becomes.
-    let (adopted, _, ticket) = broker.adopt_replicas(replicas, |_| Vec::new());
+    let (adopted, _, ticket) = broker.adopt_replicas(replicas, |_| Vec::new(), |_| None);
     broker.wait(ticket).await.context("recovering the session copies")?;
     tracing::info!(
         "Recovery mode: {} of {} copies of other nodes' sessions became sessions of this node.",

@@ -820,7 +820,7 @@ async fn check_retained(addrs: &[std::net::SocketAddr], check: &Checker) {
 /// The partition scenarios' setup: three nodes with replica-count 3 (every node has a copy of
 /// every session), a persistent subscriber of `filter` on each (`<prefix>-<i>`, the prefix being
 /// the filter's first level), and one publisher on each side of a cut of node 1, each staying
-/// on its node: `alone` on node 1 and `many` on node 2, publishing on `topics`.
+/// on its node: `alone` (QoS 1) on node 1 and `many` (QoS 2) on node 2, publishing on `topics`.
 struct TwoSides {
     nodes: Vec<Node>,
     check: Arc<Checker>,
@@ -852,7 +852,7 @@ impl TwoSides {
             check.clone(),
             stop.clone(),
         );
-        let many = load::publisher(
+        let many = load::exactly_once_publisher(
             vec![addrs[1]],
             "many",
             many_topic,

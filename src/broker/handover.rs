@@ -75,9 +75,16 @@ pub(super) struct RecentQos2 {
 
 impl RecentQos2 {
     /// `client`'s session was just installed here with these messages.
-    pub fn start<'a>(&mut self, client: &Arc<str>, held: impl Iterator<Item = &'a Message>, now: u64) {
+    /// `given`: identities of QoS 2 messages it completed moments ago.
+    pub fn start<'a>(
+        &mut self,
+        client: &Arc<str>,
+        held: impl Iterator<Item = &'a Message>,
+        given: impl Iterator<Item = u64>,
+        now: u64,
+    ) {
         self.by_client.retain(|_, (until, _)| *until > now);
-        let ids = held.filter(|m| m.qos == 2).map(identity).collect();
+        let ids = held.filter(|m| m.qos == 2).map(identity).chain(given).collect();
         self.by_client.insert(client.clone(), (now + DEDUP_WINDOW_MS, ids));
     }
 
@@ -95,7 +102,7 @@ impl RecentQos2 {
 }
 
 /// What identifies a message across nodes: it is copied unchanged wherever it goes.
-fn identity(m: &Message) -> u64 {
+pub(super) fn identity(m: &Message) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (&m.publisher, m.created_ms, &m.topic, &m.payload, m.qos).hash(&mut h);
     h.finish()
@@ -438,11 +445,15 @@ impl Broker {
     pub(super) fn handover_installed(state: &mut State, client: &Arc<str>) {
         let now = now_ms();
         let State {
-            sessions, recent_qos2, ..
+            sessions,
+            recent_qos2,
+            merge_dedup,
+            ..
         } = state;
         if let Some(session) = sessions.get(client) {
             let held: Vec<Arc<Message>> = session.export().outgoing.into_iter().map(|o| o.message).collect();
-            recent_qos2.start(client, held.iter().map(|m| &**m), now);
+            // A copy of one it completed just before may still come (redirected).
+            recent_qos2.start(client, held.iter().map(|m| &**m), merge_dedup.recent_of(client), now);
         }
     }
 }
@@ -549,7 +560,7 @@ mod tests {
         let mut recent = RecentQos2::default();
         let c: Arc<str> = Arc::from("c");
         let held = [message(b"held", 2), message(b"qos1", 1)];
-        recent.start(&c, held.iter(), 1_000);
+        recent.start(&c, held.iter(), std::iter::empty(), 1_000);
         assert!(
             recent.is_repeat("c", &message(b"held", 2), 1_000),
             "held at the install"
@@ -562,7 +573,12 @@ mod tests {
         );
         assert!(!recent.is_repeat("other", &message(b"held", 2), 1_001));
         assert!(!recent.is_repeat("c", &message(b"held", 2), 1_000 + DEDUP_WINDOW_MS));
-        recent.start(&Arc::from("d"), std::iter::empty(), 1_000 + DEDUP_WINDOW_MS);
+        recent.start(
+            &Arc::from("d"),
+            std::iter::empty(),
+            std::iter::empty(),
+            1_000 + DEDUP_WINDOW_MS,
+        );
         assert_eq!(recent.by_client.len(), 1, "ended windows are dropped");
     }
 }

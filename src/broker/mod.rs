@@ -8,6 +8,7 @@
 //! of [`session::Effects`].
 
 mod handover;
+mod merge_dedup;
 pub mod message;
 mod replicate;
 pub mod retained;
@@ -90,6 +91,8 @@ struct State {
     recent_qos2: handover::RecentQos2,
     /// Direct messages held for sessions handed over here, for per-publisher order.
     order_holds: handover::OrderHolds,
+    /// QoS 2 deliveries a partition's merge must not repeat.
+    merge_dedup: merge_dedup::MergeDedup,
 }
 
 impl Default for State {
@@ -108,6 +111,7 @@ impl Default for State {
             claims: HashMap::new(),
             recent_qos2: Default::default(),
             order_holds: Default::default(),
+            merge_dedup: Default::default(),
         }
     }
 }
@@ -798,6 +802,11 @@ impl Broker {
     /// Joins this broker to a cluster: announces its routes and forwards from now on.
     pub fn attach_cluster(&self, cluster: Arc<Cluster>) {
         self.set_clock_node(hlc::node_tag(cluster.id()));
+        // A completion older than this reached every peer that did not find us dead.
+        let window = cluster.detection_time() + Duration::from_secs(5);
+        self.lock()
+            .merge_dedup
+            .set_window(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
         let filters: Vec<String> = self.lock().local_filters.keys().cloned().collect();
         cluster.local_routes_changed(filters, Vec::new());
         let _ = self.cluster.set(cluster);
@@ -1329,6 +1338,12 @@ impl Broker {
             cluster.shared_settled(std::mem::take(&mut effects.settled));
         } else {
             state.route_changes = Default::default();
+        }
+        if !effects.completed_qos2.is_empty() {
+            let now = now_ms();
+            for (client, message) in effects.completed_qos2.drain(..) {
+                state.merge_dedup.completed(&client, handover::identity(&message), now);
+            }
         }
         self.replicate_sessions(state, &mut effects);
         let awaits = std::mem::take(&mut effects.awaits);

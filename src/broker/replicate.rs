@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::handover::{self, HoldOrder};
 use super::message::{Message, now_ms};
 use super::session::{Effects, Session, SessionExport};
 use super::{Broker, Origin, State, Timer, add_subscription, remove_session};
@@ -207,12 +208,17 @@ impl Broker {
     /// elsewhere in the meantime (see `cluster::takeover`), which are delivered to those
     /// sessions only: no publish can come between the adoption and their delivery.
     ///
+    /// Then each adopted session holds what the nodes `hold` names send it directly, until
+    /// their order markers came (see `handover`): a node's forwards that the dead node never
+    /// acknowledged come to us after our takeover report, and must not be overtaken.
+    ///
     /// Returns the clients adopted, the new local route filters (which the caller announces
     /// instead of the usual `RoutesAdded`), and the store ticket backing it all.
     pub fn adopt_replicas(
         self: &Arc<Self>,
         replicas: Vec<(Arc<str>, Replica)>,
         flush: impl FnOnce(&HashSet<Arc<str>>) -> Vec<Message>,
+        mut hold: impl FnMut(&Arc<str>) -> Option<HoldOrder>,
     ) -> (HashSet<Arc<str>>, Vec<String>, Ticket) {
         let now = now_ms();
         let mut state = self.lock();
@@ -237,6 +243,12 @@ impl Broker {
                 &mut effects,
             );
         }
+        for client in &adopted {
+            if let Some(order) = hold(client) {
+                // Nothing was held for a session that did not exist.
+                let _ = state.order_holds.start(client, &order);
+            }
+        }
         let ticket = self.finish(&mut state, effects, timers);
         (adopted, filters, ticket)
     }
@@ -254,6 +266,23 @@ pub enum HandBack {
 }
 
 impl Broker {
+    /// A node went down: each persistent session notes the QoS 2 messages it holds and those
+    /// it completed lately, which a copy taken over there may still hold (see `merge_dedup`).
+    pub fn note_for_merge(&self) {
+        let now = now_ms();
+        let mut state = self.lock();
+        let State {
+            sessions, merge_dedup, ..
+        } = &mut *state;
+        for (client, session) in sessions.iter().filter(|(_, s)| s.is_persistent()) {
+            let qos2 = session
+                .outgoing()
+                .filter(|r| r.qos == 2)
+                .map(|r| handover::identity(&r.message));
+            merge_dedup.note(client, qos2, now);
+        }
+    }
+
     /// A partition healed: the session of `client`, taken over here while its home seemed
     /// gone, goes back to that home (which kept its own copy meanwhile) unless its client is
     /// connected here. Removing it here also tells its backups to forget it.
@@ -328,6 +357,10 @@ impl Broker {
             if held.iter().any(|m| **m == *record.message) {
                 continue;
             }
+            if record.qos == 2 && state.merge_dedup.had(&client, handover::identity(&record.message), now) {
+                tracing::debug!(%client, topic = %record.message.topic, "a QoS 2 message this side had already, not merged again");
+                continue;
+            }
             self.route(
                 &mut state,
                 record.message,
@@ -376,6 +409,13 @@ fn adopt(
             return false;
         }
     };
+    // Its home had these too: merged back after a partition, they must not come twice.
+    let qos2 = replica
+        .outgoing
+        .values()
+        .filter(|r| r.qos == 2)
+        .map(|r| handover::identity(&r.message));
+    state.merge_dedup.note(client, qos2, now);
     let outgoing: Vec<(u64, OutgoingRecord)> = replica.outgoing.into_values().map(|r| (state.seq(), r)).collect();
     let incoming: Vec<u16> = replica.incoming_qos2.into_iter().collect();
     let session = Session::restore(client.clone(), &record, outgoing, incoming, now);

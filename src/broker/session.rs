@@ -60,6 +60,9 @@ pub struct Effects {
     pub dropped_backups: Vec<(Arc<str>, Vec<Arc<str>>)>,
     /// Sessions that hold the message being routed until its sender's order marker came.
     pub held_for: Vec<Arc<str>>,
+    /// QoS 2 deliveries of persistent sessions completed: (client, message), for
+    /// `merge_dedup`.
+    pub completed_qos2: Vec<(Arc<str>, Arc<crate::broker::message::Message>)>,
 }
 
 /// Notes that a message is done with here, for the node that sent it, if it wants to know.
@@ -177,6 +180,11 @@ impl Session {
             outgoing: outgoing.into_iter().map(|(_, r)| r.clone()).collect(),
             incoming_qos2: self.incoming_qos2.iter().copied().collect(),
         }
+    }
+
+    /// Its queued and in-flight messages, in no particular order.
+    pub fn outgoing(&self) -> impl Iterator<Item = &OutgoingRecord> {
+        self.inflight.values().chain(self.queue.iter()).map(|(_, r)| r)
     }
 
     pub fn is_persistent(&self) -> bool {
@@ -326,6 +334,11 @@ impl Session {
             Some((seq, rec)) => {
                 self.persist(effects, |c| StoreOp::DeleteOutgoing(c, seq));
                 settle(&rec, effects);
+                if rec.qos == 2 && self.is_persistent() {
+                    effects
+                        .completed_qos2
+                        .push((self.client_id.clone(), rec.message.clone()));
+                }
                 self.pump(now_ms, effects);
                 true
             }

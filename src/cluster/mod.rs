@@ -574,6 +574,15 @@ impl Cluster {
         }
     }
 
+    /// How long a peer may take to find this node dead (without a heartbeat timeout, the TCP
+    /// health check finds it at once; 10 s is assumed).
+    pub fn detection_time(&self) -> Duration {
+        self.settings
+            .detection
+            .heartbeat_timeout
+            .unwrap_or(Duration::from_secs(10))
+    }
+
     /// What a session that `from` handed over here waits for before it takes messages that
     /// other nodes send here directly (see `broker::handover`); `None` if nothing.
     pub fn hold_order(&self, client: &Arc<str>, from: &NodeId) -> Option<HoldOrder> {
@@ -952,29 +961,53 @@ impl Cluster {
             .collect();
         let homes: Vec<(Arc<str>, NodeId)> = replicas.iter().map(|(c, r)| (c.clone(), r.home.clone())).collect();
         let mut local = Vec::new();
-        let (adopted, filters, ticket) = self.broker.adopt_replicas(replicas, |adopted| {
-            // A session we handed back to its home after an earlier partition is ours again:
-            // what reaches us for it is no longer redirected there (it overtook the merge).
-            {
-                let mut handed = lock(&self.handed);
-                for client in adopted {
-                    handed.forget(client);
-                }
+        // Each peer sends us the forwards `gone` never acknowledged when it gets our takeover
+        // report; what it sends the adopted sessions directly waits for its marker behind them.
+        let markers_from: Vec<NodeId> = self
+            .alive_peers()
+            .into_iter()
+            .filter(|n| n != gone && self.peer_version(n) >= 7)
+            .collect();
+        let mut holds: Vec<(Arc<str>, u64)> = Vec::new();
+        let hold = |client: &Arc<str>| {
+            if markers_from.is_empty() {
+                return None;
             }
-            // Under the broker lock, then the route table's: no publish in between.
-            let routes = write(&self.routes);
-            let out = lock(&self.takeovers).reported(gone, &self.me, !adopted.is_empty(), &mut || self.next_seq());
-            let mut messages = Vec::new();
-            for flush in &out.flush {
-                if flush.to == self.me {
-                    local.push(flush.child);
-                    messages.push(flush.message.clone());
+            let token = self.next_order.fetch_add(1, Ordering::Relaxed) + 1;
+            holds.push((client.clone(), token));
+            Some(HoldOrder {
+                token,
+                via: self.me.clone(),
+                waiting: markers_from.clone(),
+            })
+        };
+        let (adopted, filters, ticket) = self.broker.adopt_replicas(
+            replicas,
+            |adopted| {
+                // A session we handed back to its home after an earlier partition is ours again:
+                // what reaches us for it is no longer redirected there (it overtook the merge).
+                {
+                    let mut handed = lock(&self.handed);
+                    for client in adopted {
+                        handed.forget(client);
+                    }
                 }
-            }
-            self.settle(out);
-            drop(routes);
-            messages
-        });
+                // Under the broker lock, then the route table's: no publish in between.
+                let routes = write(&self.routes);
+                let out = lock(&self.takeovers).reported(gone, &self.me, !adopted.is_empty(), &mut || self.next_seq());
+                let mut messages = Vec::new();
+                for flush in &out.flush {
+                    if flush.to == self.me {
+                        local.push(flush.child);
+                        messages.push(flush.message.clone());
+                    }
+                }
+                self.settle(out);
+                drop(routes);
+                messages
+            },
+            hold,
+        );
         if !local.is_empty() {
             // Released once stored here and at the adopted sessions' backups.
             let cluster = self.clone();
@@ -1014,6 +1047,17 @@ impl Cluster {
             filters: filters.clone(),
             sessions: u32::try_from(sessions).unwrap_or(u32::MAX),
         });
+        // Behind the report: each peer's marker comes back behind its takeover forwards.
+        for (client, token) in holds {
+            self.order_barrier(
+                &client,
+                &HoldOrder {
+                    token,
+                    via: self.me.clone(),
+                    waiting: Vec::new(),
+                },
+            );
+        }
         if sessions > 0 {
             tracing::info!(
                 "took over {sessions} persistent session(s) of node {gone} from their replicas in {}ms",
@@ -1941,7 +1985,10 @@ impl Core {
                         let ended = self.merge_holds.left(&node);
                         self.end_merge_holds(ended);
                     }
-                    false => self.merge_holds.lost(&node, now_instant()),
+                    false => {
+                        self.merge_holds.lost(&node, now_instant());
+                        self.cluster.broker.note_for_merge();
+                    }
                 }
                 self.cluster.rebalance(None);
                 self.cluster.claim_answered(&node, None, None);
@@ -1959,12 +2006,14 @@ impl Core {
             token,
             via: via.to_string(),
         });
-        let marker = wire::Message::OrderMarker {
-            client: client.clone(),
-            token,
-            to: self.cluster.me.to_string(),
-        };
-        self.cluster.send(&via, &marker);
+        if via != self.cluster.me {
+            let marker = wire::Message::OrderMarker {
+                client: client.clone(),
+                token,
+                to: self.cluster.me.to_string(),
+            };
+            self.cluster.send(&via, &marker);
+        }
         self.order_holds.insert(token, (client, via, now + ORDER_HOLD_LIMIT));
     }
 
