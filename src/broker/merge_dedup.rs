@@ -79,11 +79,16 @@ impl MergeDedup {
             .map(|(_, _, id)| *id)
     }
 
-    /// Whether QoS 2 message `id` in a merged copy of `client`'s session is one this side had.
+    /// Whether QoS 2 message `id` in a merged copy of `client`'s session is one this side had:
+    /// noted, or completed lately (after the heal, a publishing node reached both copies).
     pub fn had(&self, client: &str, id: u64, now: u64) -> bool {
         self.noted
             .get(client)
             .is_some_and(|(until, ids)| *until > now && ids.contains(&id))
+            || self
+                .recent
+                .iter()
+                .any(|(at, c, i)| *i == id && **c == *client && now.saturating_sub(*at) <= self.window_ms)
     }
 }
 
@@ -122,8 +127,11 @@ mod tests {
         dedup.note(&c, [held].into_iter(), 7_000);
         assert!(dedup.had("c", held, 8_000) && dedup.had("c", done, 8_000));
         assert!(!dedup.had("c", old, 8_000), "completed before the window");
-        assert!(!dedup.had("other", held, 8_000), "per session");
+        assert!(!dedup.had("other", done, 8_000), "per session");
         assert!(!dedup.had("c", held, 7_000 + NOTED_FOR_MS), "notes end");
+        let after_the_heal = identity(&message(b"late"));
+        dedup.completed(&c, after_the_heal, 9_000);
+        assert!(dedup.had("c", after_the_heal, 9_500), "completed lately, noted or not");
         dedup.note(&Arc::from("other"), std::iter::empty(), 7_000 + NOTED_FOR_MS);
         assert!(dedup.noted.is_empty(), "ended notes are dropped");
     }
