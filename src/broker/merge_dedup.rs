@@ -51,24 +51,35 @@ impl MergeDedup {
         self.recent.push_back((now, client.clone(), id));
     }
 
-    /// A node went down, or `client`'s session was adopted from a copy: it holds the QoS 2
-    /// deliveries `held`, and completed those [`MergeDedup::completed`] remembers.
-    pub fn note(&mut self, client: &Arc<str>, held: impl Iterator<Item = u64>, now: u64) {
+    /// A node went down, or `client`'s session was adopted from a copy: it had the QoS 2
+    /// deliveries `ids` (held, or completed lately: see [`MergeDedup::recent_by_client`]).
+    pub fn note(&mut self, client: &Arc<str>, ids: impl Iterator<Item = u64>, now: u64) {
         if self.window_ms == 0 {
             return;
         }
-        self.noted.retain(|_, (until, _)| *until > now);
-        let recent = self
-            .recent
-            .iter()
-            .filter(|(at, c, _)| c == client && now.saturating_sub(*at) <= self.window_ms);
-        let ids: HashSet<u64> = held.chain(recent.map(|(_, _, id)| *id)).collect();
-        if ids.is_empty() {
+        let mut ids = ids.peekable();
+        if ids.peek().is_none() {
             return;
         }
         let entry = self.noted.entry(client.clone()).or_default();
         entry.0 = now + NOTED_FOR_MS;
         entry.1.extend(ids);
+    }
+
+    /// Drops the notes whose time is up (once per departure or adoption, not per session).
+    pub fn forget_ended(&mut self, now: u64) {
+        self.noted.retain(|_, (until, _)| *until > now);
+    }
+
+    /// The completions within the window, by client (one pass, for a departure's notes).
+    pub fn recent_by_client(&self, now: u64) -> HashMap<Arc<str>, Vec<u64>> {
+        let mut by_client: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+        for (at, client, id) in &self.recent {
+            if now.saturating_sub(*at) <= self.window_ms {
+                by_client.entry(client.clone()).or_default().push(*id);
+            }
+        }
+        by_client
     }
 
     /// The QoS 2 deliveries `client`'s session completed within the window.
@@ -124,15 +135,16 @@ mod tests {
         dedup.completed(&c, old, 1_000);
         dedup.completed(&c, done, 7_000);
         dedup.completed(&Arc::from("other"), held, 7_000);
-        dedup.note(&c, [held].into_iter(), 7_000);
+        let recent = dedup.recent_by_client(7_000).remove(&c).unwrap_or_default();
+        dedup.note(&c, [held].into_iter().chain(recent), 7_000);
         assert!(dedup.had("c", held, 8_000) && dedup.had("c", done, 8_000));
-        assert!(!dedup.had("c", old, 8_000), "completed before the window");
+        assert!(!dedup.had("c", old, 13_000), "completed before the window");
         assert!(!dedup.had("other", done, 8_000), "per session");
         assert!(!dedup.had("c", held, 7_000 + NOTED_FOR_MS), "notes end");
         let after_the_heal = identity(&message(b"late"));
         dedup.completed(&c, after_the_heal, 9_000);
         assert!(dedup.had("c", after_the_heal, 9_500), "completed lately, noted or not");
-        dedup.note(&Arc::from("other"), std::iter::empty(), 7_000 + NOTED_FOR_MS);
+        dedup.forget_ended(7_000 + NOTED_FOR_MS);
         assert!(dedup.noted.is_empty(), "ended notes are dropped");
     }
 }

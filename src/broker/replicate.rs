@@ -274,12 +274,15 @@ impl Broker {
         let State {
             sessions, merge_dedup, ..
         } = &mut *state;
+        merge_dedup.forget_ended(now);
+        let mut completed = merge_dedup.recent_by_client(now);
         for (client, session) in sessions.iter().filter(|(_, s)| s.is_persistent()) {
-            let qos2 = session
+            let held = session
                 .outgoing()
                 .filter(|r| r.qos == 2)
                 .map(|r| handover::identity(&r.message));
-            merge_dedup.note(client, qos2, now);
+            let completed = completed.remove(client).unwrap_or_default();
+            merge_dedup.note(client, held.chain(completed), now);
         }
     }
 
