@@ -292,18 +292,20 @@ impl Broker {
     ///
     /// `moved` gets the copy under the broker lock once the session is gone here (the caller
     /// sends it and routes its filters to the home there, so that no publish finds neither copy
-    /// and later ones follow the copy).
-    pub fn hand_back(self: &Arc<Self>, client: &str, moved: impl FnOnce(SessionExport)) -> HandBack {
+    /// and later ones follow the copy), with the session's backups: they keep their copies
+    /// until the caller tells them (see `cluster::merge_acks`).
+    pub fn hand_back(self: &Arc<Self>, client: &str, moved: impl FnOnce(SessionExport, Vec<Arc<str>>)) -> HandBack {
         let client: Arc<str> = Arc::from(client);
         let mut state = self.lock();
-        let export = match state.sessions.get(&client) {
+        let (export, backups) = match state.sessions.get(&client) {
             None => return HandBack::Nothing,
             Some(s) if s.connection.is_some() => return HandBack::Connected,
-            Some(s) => s.export(),
+            Some(s) => (s.export(), s.backups.clone().unwrap_or_default()),
         };
         let mut effects = Effects::default();
         remove_session(&mut state, &client, &mut effects);
-        moved(export);
+        effects.dropped_backups.retain(|(c, _)| *c != client);
+        moved(export, backups);
         self.finish(&mut state, effects, Vec::new());
         HandBack::Moved
     }
@@ -316,12 +318,30 @@ impl Broker {
     /// copy becomes the session. Then the whole session is replicated afresh: its backups may
     /// hold the other side's copy.
     pub fn merge_session(self: &Arc<Self>, client: &str, export: SessionExport) -> Ticket {
+        self.merge(client, export, true).unwrap_or_default()
+    }
+
+    /// The backups of `client`'s session here (`None`: no session here, or not replicated yet).
+    pub fn session_backups(&self, client: &str) -> Option<Vec<Arc<str>>> {
+        self.lock().sessions.get(client).and_then(|s| s.backups.clone())
+    }
+
+    /// [`Broker::merge_session`] if this node holds a session of `client` (`None` if not: then
+    /// nothing changes).
+    pub fn merge_session_if_held(self: &Arc<Self>, client: &str, export: SessionExport) -> Option<Ticket> {
+        self.merge(client, export, false)
+    }
+
+    fn merge(self: &Arc<Self>, client: &str, export: SessionExport, create: bool) -> Option<Ticket> {
         let client: Arc<str> = Arc::from(client);
         let now = now_ms();
         let mut state = self.lock();
         let mut effects = Effects::default();
         let mut timers = Vec::new();
         if !state.sessions.contains_key(&client) {
+            if !create {
+                return None;
+            }
             let record = SessionRecord {
                 expiry_interval: export.expiry_interval,
                 disconnected_at_ms: Some(now),
@@ -339,7 +359,7 @@ impl Broker {
             adopt(&mut state, &client, replica, now, &mut effects, &mut timers);
             Broker::handover_installed(&mut state, &client);
             tracing::info!(%client, "merged a session kept on the other side of a partition (it had none here)");
-            return self.finish(&mut state, effects, timers);
+            return Some(self.finish(&mut state, effects, timers));
         }
         let held: Vec<Arc<Message>> = match state.sessions.get(&client) {
             Some(s) => s.export().outgoing.into_iter().map(|o| o.message).collect(),
@@ -382,7 +402,7 @@ impl Broker {
         // arrive directly too.
         Broker::handover_installed(&mut state, &client);
         tracing::info!(%client, "merged the session kept on the other side of a partition ({added} message(s) added)");
-        self.finish(&mut state, effects, timers)
+        Some(self.finish(&mut state, effects, timers))
     }
 }
 

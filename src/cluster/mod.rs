@@ -18,6 +18,7 @@
 pub mod handed;
 pub mod hlc;
 pub mod membership;
+pub mod merge_acks;
 pub mod merge_holds;
 pub mod node_id;
 pub mod placement;
@@ -242,6 +243,15 @@ pub struct Cluster {
     /// away within [`handed::WINDOW`], the forwards it never acknowledged (see `takeover`) are
     /// theirs too.
     claimed_from: Mutex<ClaimedFrom>,
+    /// Session copies handed back after a partition and not yet merged for good (lock order:
+    /// after the broker's).
+    merge_acks: Mutex<merge_acks::MergeAcks>,
+    /// Fault injection for tests (`APIARY_FAULT_IGNORE_SESSION_MERGE`): session copies handed
+    /// back to this node are dropped, as if it died before it merged them.
+    ignore_merges: bool,
+    /// Fault injection for tests (`APIARY_FAULT_DROP_HAND_BACK=<client id>`): that client's
+    /// session copy is not sent when handed back, as if this node died before it left.
+    drop_hand_back: Option<String>,
     stopping: AtomicBool,
     /// Held by the rebalance pass in progress.
     rebalancing: tokio::sync::Mutex<()>,
@@ -292,6 +302,9 @@ impl Cluster {
             taken_from: Mutex::new(HashMap::new()),
             handed: Mutex::new(handed::Handed::default()),
             claimed_from: Mutex::new(HashMap::new()),
+            merge_acks: Mutex::new(merge_acks::MergeAcks::default()),
+            ignore_merges: std::env::var_os("APIARY_FAULT_IGNORE_SESSION_MERGE").is_some(),
+            drop_hand_back: std::env::var("APIARY_FAULT_DROP_HAND_BACK").ok(),
             stopping: AtomicBool::new(false),
             rebalancing: tokio::sync::Mutex::new(()),
             stop: watch::channel(false).0,
@@ -887,7 +900,8 @@ impl Cluster {
             alive.remove(node);
         }
         let mut replicas = lock(&self.replicas);
-        if !replicas.is_heir(client, &self.me, &alive) {
+        // A copy its home was handing back: the session lives on where it went.
+        if !replicas.is_heir(client, &self.me, &alive) || replicas.is_handed_back(client) {
             return None;
         }
         replicas.take(client)
@@ -955,6 +969,13 @@ impl Cluster {
     fn promote_orphans(self: &Arc<Self>, gone: &NodeId) -> Vec<String> {
         let started = Instant::now();
         let clients = lock(&self.replicas).orphans(&self.me, &self.alive_set());
+        let (handed_back, clients): (Vec<Arc<str>>, Vec<Arc<str>>) = {
+            let replicas = lock(&self.replicas);
+            clients.into_iter().partition(|c| replicas.is_handed_back(c))
+        };
+        for client in handed_back {
+            self.keep_handed_back_copy(client);
+        }
         let replicas: Vec<(Arc<str>, Replica)> = clients
             .into_iter()
             .filter_map(|c| self.take_orphan(&c).map(|r| (c, r)))
@@ -1067,6 +1088,19 @@ impl Cluster {
         filters
     }
 
+    /// Our copy of a session that its dead home was handing back to another node after a
+    /// partition: not adopted (the session lives on where it went), but kept in memory and
+    /// merged there once the takeover of the dead node is over (see [`merge_acks`]).
+    fn keep_handed_back_copy(&self, client: Arc<str>) {
+        let Some(replica) = lock(&self.replicas).take(&client) else {
+            return;
+        };
+        self.broker.submit(vec![StoreOp::ReplicaDelete(client.clone())]);
+        tracing::info!(%client, node = %replica.home, "the copy of a session its node was handing back when it died: merged where the session went once the takeover is over");
+        let export = replica_export(&replica);
+        lock(&self.merge_acks).orphaned(client, replica.home, export, Instant::now());
+    }
+
     /// A peer reported its takeover of `gone`'s sessions: its routes for them go in, and the
     /// messages parked for it go out, under the route table's write lock (see [`takeover`]).
     fn takeover_reported(&self, node: &NodeId, gone: &str, filters: Vec<String>, sessions: u32) {
@@ -1093,12 +1127,101 @@ impl Cluster {
         for gone in given_up {
             tracing::warn!(node = %gone, "not every node reported its takeover of the sessions of a dead node within {}ms; parked messages are released", limit.as_millis());
         }
-        for id in takeovers.take_ended() {
-            routes.drop_node(&id);
+        let ended = takeovers.take_ended();
+        for id in &ended {
+            routes.drop_node(id);
         }
         drop(takeovers);
         self.settle(out);
         drop(routes);
+        for id in ended {
+            if let Some(gone) = id.strip_suffix(takeover::TAKEOVER_SUFFIX) {
+                self.offer_kept_merges(Some(&Arc::from(gone)));
+            }
+        }
+        self.offer_kept_merges(None);
+    }
+
+    /// Session copies kept for a node that died before it merged them (see [`merge_acks`]):
+    /// once its takeover is over (`gone`), or their deadline passed, each is merged into the
+    /// session here if we hold it, else offered to every node.
+    fn offer_kept_merges(&self, gone: Option<&NodeId>) {
+        if lock(&self.merge_acks).is_empty() {
+            return;
+        }
+        let peers: Vec<NodeId> = self
+            .alive_peers()
+            .into_iter()
+            .filter(|n| self.peer_version(n) >= 10)
+            .collect();
+        let due = lock(&self.merge_acks).takeover_over(gone, Instant::now(), &peers);
+        for (client, next) in due {
+            let merge_acks::Next::Offer(nodes) = next else {
+                self.kept_merge(&client, next);
+                continue;
+            };
+            let Some(export) = lock(&self.merge_acks).export(&client).cloned() else {
+                continue;
+            };
+            if self.broker.merge_session_if_held(&client, export.clone()).is_some() {
+                tracing::info!(%client, "merged a session copy whose other node died before it merged it (here)");
+                let backups = lock(&self.merge_acks).merged_here(&client);
+                self.forget_handed_back_copies(&client, backups);
+                continue;
+            }
+            let offer = Arc::new(wire::frame(&wire::Message::SessionMergeIfHeld {
+                client: client.to_string(),
+                export,
+            }));
+            for node in nodes {
+                self.outbox(&node).push(offer.clone());
+            }
+        }
+    }
+
+    /// A kept session copy is merged for good: our backups' copies go; or nobody else holds
+    /// the session: it becomes the session here.
+    fn kept_merge(&self, client: &str, next: merge_acks::Next) {
+        match next {
+            merge_acks::Next::Merged(backups) => self.forget_handed_back_copies(client, backups),
+            merge_acks::Next::Adopt(export, backups) => {
+                tracing::info!(%client, "no node holds the session whose copy was handed back: it lives here again");
+                // Before the new copies go out, on the same links.
+                self.forget_handed_back_copies(client, backups);
+                self.broker.merge_session(client, export);
+            }
+            merge_acks::Next::Nothing | merge_acks::Next::Offer(_) => {}
+        }
+    }
+
+    /// The copies our backups kept of a session we handed back go, but on the nodes that are
+    /// the backups of the session here again (its client came back meanwhile).
+    fn forget_handed_back_copies(&self, client: &str, backups: Vec<NodeId>) {
+        let current = self.broker.session_backups(client).unwrap_or_default();
+        let old: Vec<NodeId> = backups.into_iter().filter(|b| !current.contains(b)).collect();
+        self.send_session_ops(client, &old, vec![SessionOp::DeleteSession]);
+    }
+
+    /// Tells `node` that its copy of `client`'s session is merged here (`ticket`: once that is
+    /// stored on the backups) or that we hold no such session (`None`).
+    fn ack_merge(self: &Arc<Self>, node: &NodeId, client: &str, ticket: Option<Ticket>) {
+        let ack = |merged| wire::Message::SessionMergeAck {
+            client: client.to_owned(),
+            merged,
+        };
+        match ticket {
+            None => self.send(node, &ack(false)),
+            Some(ticket) => {
+                let cluster = self.clone();
+                let node = node.clone();
+                let ack = ack(true);
+                tokio::spawn(async move {
+                    if cluster.broker.wait(ticket).await.is_ok() {
+                        cluster.send(&node, &ack);
+                    }
+                });
+            }
+        }
     }
 
     /// Membership changed: the broker moves its sessions' copies to their new backups, from
@@ -1293,15 +1416,34 @@ impl Cluster {
         // Under the broker lock, once the session is gone here: from now on `node` gets what
         // matches it (until its route snapshot arrives), and the copy goes out first, ahead of
         // those messages on the same link, so the session's messages keep their order.
-        let moved = |export: SessionExport| {
+        let moved = |export: SessionExport, backups: Vec<NodeId>| {
             let filters: Vec<String> = export.subscriptions.iter().map(|(f, _)| f.clone()).collect();
             write(&self.routes).add(node, filters.iter().cloned());
             // What reaches us for it meanwhile follows it (see `handed`).
             lock(&self.handed).handed(Arc::from(client), node.clone(), filters, Instant::now());
+            // Kept, here and on the backups, until merged for good (see `merge_acks`).
+            let kept = self.peer_version(node) >= 10;
+            let (keeping, forgetting): (Vec<NodeId>, Vec<NodeId>) =
+                backups.into_iter().partition(|b| kept && self.peer_version(b) >= 10);
+            for backup in &keeping {
+                let marker = wire::Message::SessionHandedBack {
+                    client: client.to_owned(),
+                    to: node.to_string(),
+                };
+                self.send(backup, &marker);
+            }
+            self.send_session_ops(client, &forgetting, vec![SessionOp::DeleteSession]);
+            if kept {
+                lock(&self.merge_acks).sent(Arc::from(client), node.clone(), export.clone(), keeping);
+            }
             let merge = wire::Message::SessionMerge {
                 client: client.to_owned(),
                 export: Some(export),
             };
+            if self.drop_hand_back.as_deref() == Some(client) {
+                tracing::warn!(%client, %node, "fault injection: the session copy handed back is not sent");
+                return;
+            }
             self.send(node, &merge);
         };
         match self.broker.hand_back(client, moved) {
@@ -1803,9 +1945,16 @@ impl Core {
                 let gone: Vec<NodeId> = gone.iter().map(|n| Arc::from(n.as_str())).collect();
                 cluster.answer_claim(&node, request, client, stamp, clean_start, &gone);
             }
+            wire::Message::SessionMerge {
+                export: Some(_),
+                client,
+            } if cluster.ignore_merges => {
+                tracing::warn!(%client, %node, "fault injection: a session copy handed back here is dropped");
+            }
             wire::Message::SessionMerge { client, export } => match export {
                 Some(export) => {
-                    cluster.broker.merge_session(&client, export);
+                    let ticket = cluster.broker.merge_session(&client, export);
+                    cluster.ack_merge(&node, &client, Some(ticket));
                     // Ours again, if we had handed it away: no more redirects for it.
                     lock(&cluster.handed).forget(&client);
                     if let Some(token) = self.merge_holds.merged(&client, &node, now_instant()) {
@@ -1825,6 +1974,20 @@ impl Core {
                     cluster.hand_back(&node, &client, false);
                 }
             },
+            wire::Message::SessionMergeIfHeld { client, export } => {
+                let merged = cluster.broker.merge_session_if_held(&client, export);
+                if merged.is_some() {
+                    tracing::info!(%client, %node, "merged a session copy whose other node died before it merged it");
+                }
+                cluster.ack_merge(&node, &client, merged);
+            }
+            wire::Message::SessionMergeAck { client, merged } => {
+                let next = lock(&cluster.merge_acks).answered(&client, &node, merged);
+                cluster.kept_merge(&client, next);
+            }
+            wire::Message::SessionHandedBack { client, to } => {
+                lock(&cluster.replicas).mark_handed_back(&node, &client, Arc::from(to.as_str()));
+            }
             wire::Message::HandBacksDone => {
                 let ended = self.merge_holds.handed_back(&node, now_instant());
                 self.end_merge_holds(ended);
@@ -1992,6 +2155,7 @@ impl Core {
                 }
                 self.cluster.rebalance(None);
                 self.cluster.claim_answered(&node, None, None);
+                lock(&self.cluster.merge_acks).node_gone(&node, now_instant());
                 self.take_over_wills(&node, why);
                 self.cluster.redeliver_shared_of(&node);
                 self.check_joined();

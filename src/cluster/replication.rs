@@ -91,6 +91,10 @@ impl Replica {
 #[derive(Debug, Default)]
 pub struct Replicas {
     map: HashMap<Arc<str>, Replica>,
+    /// Copies whose home was handing the session back to another node after a partition
+    /// (`SessionHandedBack`), with that node: kept until the merge is acknowledged, and not
+    /// adopted if the home dies meanwhile (see `merge_acks`). In memory only.
+    handed_back: HashMap<Arc<str>, NodeId>,
 }
 
 impl Replicas {
@@ -112,6 +116,7 @@ impl Replicas {
         let mut store = Vec::new();
         for op in ops {
             if let SessionOp::Reset { backups } = &op {
+                self.handed_back.remove(client);
                 let mut replica = Replica::new(from.clone());
                 replica.backups = backups.iter().map(|b| Arc::from(b.as_str())).collect();
                 self.map.insert(client.clone(), replica);
@@ -132,6 +137,7 @@ impl Replicas {
                 SessionOp::PutSession(r) => replica.record = Some(r.clone()),
                 SessionOp::DeleteSession => {
                     self.map.remove(client);
+                    self.handed_back.remove(client);
                     store.push(StoreOp::ReplicaDelete(client.clone()));
                     continue;
                 }
@@ -188,7 +194,22 @@ impl Replicas {
 
     /// Removes a copy (it becomes a session here, or was handed to a connecting client).
     pub fn take(&mut self, client: &str) -> Option<Replica> {
+        self.handed_back.remove(client);
         self.map.remove(client)
+    }
+
+    /// `from`, the home of our copy of `client`, is handing the session back to `to`.
+    pub fn mark_handed_back(&mut self, from: &NodeId, client: &str, to: NodeId) {
+        if let Some((key, replica)) = self.map.get_key_value(client)
+            && replica.home == *from
+        {
+            self.handed_back.insert(key.clone(), to);
+        }
+    }
+
+    /// Whether our copy of `client` is one its home was handing back (see `mark_handed_back`).
+    pub fn is_handed_back(&self, client: &str) -> bool {
+        self.handed_back.contains_key(client)
     }
 }
 
@@ -425,6 +446,35 @@ mod tests {
         assert!(r.get("c1").unwrap().subscriptions.is_empty(), "reset forgot a's copy");
         r.apply(&b, &c, vec![SessionOp::DeleteSession]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_copy_marked_handed_back_is_marked_only_by_its_home_until_it_changes_hands() {
+        let mut r = Replicas::default();
+        let c: Arc<str> = Arc::from("c1");
+        let (home, other, to) = (id("home"), id("other"), id("to"));
+        let reset = || SessionOp::Reset {
+            backups: vec!["me".into()],
+        };
+        r.mark_handed_back(&home, "c1", to.clone());
+        assert!(!r.is_handed_back("c1"), "no copy, no mark");
+        r.apply(&home, &c, vec![reset(), SessionOp::PutSession(record())]);
+        r.mark_handed_back(&other, "c1", to.clone());
+        assert!(!r.is_handed_back("c1"), "only the copy's home marks it");
+        r.mark_handed_back(&home, "c1", to.clone());
+        assert!(r.is_handed_back("c1"));
+        r.apply(&home, &c, vec![SessionOp::DeleteSession]);
+        assert!(
+            !r.is_handed_back("c1"),
+            "the merge was acknowledged: the copy and its mark go"
+        );
+        r.apply(&home, &c, vec![reset()]);
+        r.mark_handed_back(&home, "c1", to.clone());
+        r.apply(&to, &c, vec![reset()]);
+        assert!(!r.is_handed_back("c1"), "a new home's copy is not marked");
+        r.mark_handed_back(&to, "c1", home.clone());
+        assert!(r.take("c1").is_some());
+        assert!(!r.is_handed_back("c1"), "taken with its mark");
     }
 
     #[test]

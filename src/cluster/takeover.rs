@@ -37,8 +37,11 @@ use crate::broker::message::Message;
 /// The id under which a dead node's routes and parked messages are kept. A `/` cannot be in a
 /// node id that we generate, and a peer naming itself so only confuses its own routes.
 pub fn takeover_id(gone: &NodeId) -> NodeId {
-    Arc::from(format!("{gone}/takeover"))
+    Arc::from(format!("{gone}{TAKEOVER_SUFFIX}"))
 }
+
+/// What [`takeover_id`] appends to the dead node's id.
+pub const TAKEOVER_SUFFIX: &str = "/takeover";
 
 /// A message parked for the heirs of a dead node.
 #[derive(Debug)]

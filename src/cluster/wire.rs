@@ -38,6 +38,12 @@
 //!   returning node holds what the others send its own sessions directly, so that the merged
 //!   copy's messages come first (order per publisher; see `cluster::merge_holds`). A version 8
 //!   peer is sent none and not waited for.
+//! - 10: a node that merged a session handed back to it says so once the merged session is
+//!   stored on its backups ([`Message::SessionMergeAck`]); until then the sender keeps its copy,
+//!   and if the node dies first, offers it to whoever holds the session by then
+//!   ([`Message::SessionMergeIfHeld`]; see `cluster::merge_acks`). The sender's backups keep
+//!   their copies until then ([`Message::SessionHandedBack`]). A version 9 peer is sent none:
+//!   its merges are not kept, and as a backup it is told to forget its copy at once.
 //!
 //! [`Message`] is one enum for every version: a variant's position is its tag on the wire, so
 //! variants are only ever appended. A variant added in version N is never sent on a connection
@@ -59,7 +65,7 @@ pub const MAGIC: [u8; 8] = *b"APIARY-C";
 /// The protocol versions this build speaks. A release must keep speaking the previous one
 /// (rolling upgrades).
 pub const MIN_VERSION: u16 = 1;
-pub const MAX_VERSION: u16 = 9;
+pub const MAX_VERSION: u16 = 10;
 
 /// The largest frame accepted: a maximal MQTT message plus room for the envelope.
 pub const MAX_FRAME: usize = 268_435_460 + 64 * 1024;
@@ -262,6 +268,27 @@ pub enum Message {
     /// (9) The sender saw the receiver come back and has sent it (`SessionMerge`, on this link
     /// before this) every session it had taken over from it: no more merges come from it.
     HandBacksDone,
+    /// (10) The sender merged `client`'s session that the receiver handed it (`SessionMerge`
+    /// or `SessionMergeIfHeld`), and the result is stored on its backups (`merged`); or, for a
+    /// `SessionMergeIfHeld`, it holds no such session (`!merged`).
+    SessionMergeAck {
+        client: String,
+        merged: bool,
+    },
+    /// (10) A copy handed back to a node that died before it acknowledged the merge: merged
+    /// into the receiver's session of `client` if it holds one, else left alone; answered by
+    /// `SessionMergeAck` either way.
+    SessionMergeIfHeld {
+        client: String,
+        export: SessionExport,
+    },
+    /// (10) The sender, the home of the receiver's copy of `client`'s session, handed the
+    /// session back to `to` after a partition: the copy stays until the merge is acknowledged
+    /// (then `DeleteSession` follows), and is not adopted if the sender dies meanwhile.
+    SessionHandedBack {
+        client: String,
+        to: String,
+    },
 }
 
 /// The form of a message for an older peer.
@@ -281,10 +308,14 @@ impl Message {
     /// the version's physical time as `created_ms`.
     /// Version 2 peers get acknowledged forwards as plain ones and no session replication.
     pub fn downgrade(&self, version: u16) -> Downgrade {
-        if version >= 9 {
+        if version >= 10 {
             return Downgrade::Same;
         }
         match self {
+            Message::SessionMergeAck { .. }
+            | Message::SessionMergeIfHeld { .. }
+            | Message::SessionHandedBack { .. } => Downgrade::Skip,
+            _ if version >= 9 => Downgrade::Same,
             Message::HandBacksDone => Downgrade::Skip,
             _ if version >= 8 => Downgrade::Same,
             Message::CopiesSent => Downgrade::Skip,
@@ -439,6 +470,26 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, WireError> {
     Ok(hello)
 }
 
+/// A session copy to merge: a client id, valid filters and topics.
+fn check_merge(client: &str, export: Option<&SessionExport>) -> Result<(), WireError> {
+    if client.is_empty() || client.len() > 65_535 {
+        return Err(WireError::BadTopic(client.to_owned()));
+    }
+    if let Some(export) = export {
+        if let Some((f, _)) = export.subscriptions.iter().find(|(f, _)| !valid_subscription(f)) {
+            return Err(WireError::BadTopic(f.clone()));
+        }
+        if let Some(o) = export
+            .outgoing
+            .iter()
+            .find(|o| !crate::mqtt::topic::valid_topic_name(&o.message.topic))
+        {
+            return Err(WireError::BadTopic(o.message.topic.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// Decodes and validates a message: topics and filters must be valid MQTT.
 pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
     let message: Message = postcard::from_bytes(body).map_err(|e| WireError::Undecodable(e.to_string()))?;
@@ -455,30 +506,21 @@ pub fn decode_message(body: &[u8]) -> Result<Message, WireError> {
         {
             Err(WireError::BadNodeId)
         }
-        Message::SessionMerge { client, export } => {
-            if client.is_empty() || client.len() > 65_535 {
-                return Err(WireError::BadTopic(client.clone()));
-            }
-            if let Some(export) = export {
-                if let Some((f, _)) = export.subscriptions.iter().find(|(f, _)| !valid_subscription(f)) {
-                    return Err(WireError::BadTopic(f.clone()));
-                }
-                if let Some(o) = export.outgoing.iter().find(|o| !topics_ok(&o.message)) {
-                    return Err(WireError::BadTopic(o.message.topic.clone()));
-                }
-            }
-            Ok(message)
-        }
+        Message::SessionMerge { client, export } => check_merge(client, export.as_ref()).map(|()| message),
+        Message::SessionMergeIfHeld { client, export } => check_merge(client, Some(export)).map(|()| message),
         Message::HandedForward { client, .. }
         | Message::OrderBarrier { client, .. }
         | Message::OrderMarker { client, .. }
         | Message::SessionClaimAfter { client, .. }
+        | Message::SessionMergeAck { client, .. }
+        | Message::SessionHandedBack { client, .. }
             if client.is_empty() || client.len() > 65_535 =>
         {
             Err(WireError::BadTopic(client.clone()))
         }
         Message::OrderBarrier { via: node, .. }
         | Message::OrderMarker { to: node, .. }
+        | Message::SessionHandedBack { to: node, .. }
         | Message::OrderPassed { origin: node, .. }
             if node.is_empty() || node.len() > MAX_NODE_ID =>
         {
@@ -606,7 +648,8 @@ mod tests {
     fn versions_negotiate_to_the_highest_common() {
         assert_eq!(negotiate(1, 1), Some(1), "a node of the first release");
         assert_eq!(negotiate(1, 2), Some(2));
-        assert_eq!(negotiate(1, 9), Some(MAX_VERSION));
+        assert_eq!(negotiate(1, 10), Some(MAX_VERSION));
+        assert_eq!(negotiate(1, 9), Some(9));
         assert_eq!(negotiate(1, 8), Some(8));
         assert_eq!(negotiate(1, 3), Some(3));
         assert_eq!(negotiate(2, 2), Some(2), "a version 2 node is still served");
@@ -681,6 +724,45 @@ mod tests {
             },
         });
         assert!(decode_message(&bad_topic[4..]).is_err());
+    }
+
+    #[test]
+    fn version_9_peers_get_no_merge_acknowledgements_or_offers_and_offers_are_checked() {
+        let ack = frame(&Message::SessionMergeAck {
+            client: "c1".into(),
+            merged: true,
+        });
+        assert!(ack.bytes(9).is_none());
+        let v10 = decode_message(&ack.bytes(10).unwrap()[4..]).unwrap();
+        assert_eq!(
+            v10,
+            Message::SessionMergeAck {
+                client: "c1".into(),
+                merged: true
+            }
+        );
+        let offer = |filter: &str| {
+            let sub = crate::store::records::SubscriptionRecord {
+                qos: 1,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: 0,
+                subscription_id: None,
+            };
+            let export = SessionExport {
+                expiry_interval: 300,
+                subscriptions: vec![(filter.into(), sub)],
+                outgoing: Vec::new(),
+                incoming_qos2: Vec::new(),
+            };
+            frame(&Message::SessionMergeIfHeld {
+                client: "c1".into(),
+                export,
+            })
+        };
+        assert!(offer("a/#").bytes(9).is_none());
+        assert!(decode_message(&offer("a/#").bytes(10).unwrap()[4..]).is_ok());
+        assert!(decode_message(&offer("a/#/b").bytes(10).unwrap()[4..]).is_err());
     }
 
     #[test]

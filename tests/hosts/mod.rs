@@ -120,6 +120,18 @@ impl Net {
     /// [`Net::start_node`] with `<replication><replica-count>` set (and room for 100,000
     /// queued messages per client).
     pub fn start_node_with_replicas(&self, dir: &std::path::Path, i: usize, replica_count: usize) -> Node {
+        self.start_node_with_replicas_env(dir, i, replica_count, &[])
+    }
+
+    /// [`Net::start_node_with_replicas`] with extra environment variables for the process (a
+    /// fault injection switch).
+    pub fn start_node_with_replicas_env(
+        &self,
+        dir: &std::path::Path,
+        i: usize,
+        replica_count: usize,
+        env: &[(&str, &str)],
+    ) -> Node {
         let all: Vec<_> = self.hosts.iter().map(|h| h.ip).collect();
         let host = &self.hosts[i];
         let config = cluster_config(host.ip, &all, true).replacen(
@@ -135,12 +147,13 @@ impl Net {
             "<mqtt><queued-messages><max-queue-size>100000</max-queue-size></queued-messages></mqtt><cluster>",
             1,
         );
-        Node::spawn(
+        Node::spawn_with_env(
             &format!("node{}", i + 1),
             &host.ns,
             host.ip,
             &dir.join(format!("n{}", i + 1)),
             &config,
+            env,
         )
     }
 
