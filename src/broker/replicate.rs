@@ -20,6 +20,9 @@ const REBALANCE_BATCH: usize = 256;
 /// How often a long rebalance logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
+/// Node ids, in rank order.
+type NodeList = Vec<Arc<str>>;
+
 /// The ops that make a full copy of `session` at a backup.
 fn snapshot(session: &Session, backups: &[Arc<str>]) -> Vec<SessionOp> {
     let mut ops = vec![SessionOp::Reset {
@@ -63,6 +66,7 @@ impl Broker {
             };
             let (targets, ops) = match state.sessions.get_mut(&client) {
                 Some(session) if session.is_persistent() => match &session.backups {
+                    Some(backups) if effects.recopy.contains(&client) => (backups.clone(), snapshot(session, backups)),
                     Some(backups) => (backups.clone(), ops),
                     None => {
                         let backups = cluster.backups_for(&client);
@@ -124,6 +128,11 @@ impl Broker {
             // Copies sent in this batch, and the dropped backups to tell once they are in.
             let mut sent: Vec<u64> = Vec::new();
             let mut dropped: Vec<(Arc<str>, Vec<Arc<str>>)> = Vec::new();
+            // The new order for the backups that keep their copies, told once the added ones
+            // hold theirs: told before, a kept backup would defer to a new heir that may not
+            // have its copy yet if the home died now (and the session would be lost).
+            // (client, kept backups, new order)
+            let mut orders: Vec<(Arc<str>, NodeList, NodeList)> = Vec::new();
             {
                 let mut state = self.lock();
                 for client in batch {
@@ -153,8 +162,9 @@ impl Broker {
                         .cloned()
                         .collect();
                     sent.extend(cluster.send_session_ops(client, &added, snapshot(session, &new)));
-                    let list = SessionOp::Backups(new.iter().map(|n| n.to_string()).collect());
-                    sent.extend(cluster.send_session_ops(client, &kept, vec![list]));
+                    if !kept.is_empty() {
+                        orders.push((client.clone(), kept, new.clone()));
+                    }
                     if !gone.is_empty() {
                         dropped.push((client.clone(), gone));
                     }
@@ -163,6 +173,20 @@ impl Broker {
                 }
             }
             cluster.wait_requests(&sent).await;
+            if !orders.is_empty() {
+                let mut told = Vec::new();
+                {
+                    let state = self.lock();
+                    for (client, kept, new) in orders {
+                        // Unless it changed meanwhile (that change told them).
+                        if state.sessions.get(&client).and_then(|s| s.backups.as_ref()) == Some(&new) {
+                            let list = SessionOp::Backups(new.iter().map(|n| n.to_string()).collect());
+                            told.extend(cluster.send_session_ops(&client, &kept, vec![list]));
+                        }
+                    }
+                }
+                cluster.wait_requests(&told).await;
+            }
             if !dropped.is_empty() {
                 let state = self.lock();
                 for (client, gone) in dropped {
@@ -392,10 +416,16 @@ impl Broker {
             );
             added += 1;
         }
-        if let Some(session) = state.sessions.get_mut(&client) {
-            session.backups = None;
-            if session.is_persistent() {
-                effects.ops.extend(session.full_record_ops());
+        if let Some(session) = state.sessions.get_mut(&client)
+            && session.is_persistent()
+        {
+            effects.ops.extend(session.full_record_ops());
+            // The same backups, in the same order: the first one holds a copy already (a new
+            // order would name heirs that may not have theirs yet; the rebalance moves copies
+            // with care). Without backups yet, the membership gives them.
+            match session.backups.as_ref().is_some_and(|b| !b.is_empty()) {
+                true => effects.recopy.push(client.clone()),
+                false => session.backups = None,
             }
         }
         // Messages for it that reached the other side meanwhile are redirected here, and may

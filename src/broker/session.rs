@@ -58,6 +58,8 @@ pub struct Effects {
     pub awaits: Vec<u64>,
     /// Sessions that ended here, with the backups that must forget their copies.
     pub dropped_backups: Vec<(Arc<str>, Vec<Arc<str>>)>,
+    /// Sessions whose backups get a whole new copy (in the same order of heirs).
+    pub recopy: Vec<Arc<str>>,
     /// Sessions that hold the message being routed until its sender's order marker came.
     pub held_for: Vec<Arc<str>>,
     /// QoS 2 deliveries of persistent sessions completed: (client, message), for

@@ -54,6 +54,10 @@ use transport::Outbox;
 /// A node's cluster id.
 pub type NodeId = Arc<str>;
 
+/// How long a node that went down counts as gone in claims sent to peers that may not have
+/// noticed yet (a few heartbeat timeouts).
+const RECENTLY_DOWN: Duration = Duration::from_secs(30);
+
 /// QoS 0 forwards to a peer are shed beyond this many queued bytes; QoS 1/2 never are.
 const MAX_QUEUED_QOS0_BYTES: usize = 64 * 1024 * 1024;
 
@@ -246,6 +250,8 @@ pub struct Cluster {
     /// Session copies handed back after a partition and not yet merged for good (lock order:
     /// after the broker's).
     merge_acks: Mutex<merge_acks::MergeAcks>,
+    /// When nodes went down (or left), for claims (see [`Cluster::claim_session`]).
+    down_at: Mutex<HashMap<NodeId, Instant>>,
     /// Fault injection for tests (`APIARY_FAULT_IGNORE_SESSION_MERGE`): session copies handed
     /// back to this node are dropped, as if it died before it merged them.
     ignore_merges: bool,
@@ -303,6 +309,7 @@ impl Cluster {
             handed: Mutex::new(handed::Handed::default()),
             claimed_from: Mutex::new(HashMap::new()),
             merge_acks: Mutex::new(merge_acks::MergeAcks::default()),
+            down_at: Mutex::new(HashMap::new()),
             ignore_merges: std::env::var_os("APIARY_FAULT_IGNORE_SESSION_MERGE").is_some(),
             drop_hand_back: std::env::var("APIARY_FAULT_DROP_HAND_BACK").ok(),
             stopping: AtomicBool::new(false),
@@ -587,6 +594,18 @@ impl Cluster {
         }
     }
 
+    /// `from` handed `client`'s session to us (a claim, or a merge): if it dies within
+    /// [`handed::WINDOW`], the forwards it never acknowledged are for that session too.
+    fn handed_here(&self, client: &Arc<str>, from: &NodeId) {
+        let now = Instant::now();
+        let mut claimed = lock(&self.claimed_from);
+        claimed.retain(|_, sessions| {
+            sessions.retain(|(at, _)| now.duration_since(*at) < handed::WINDOW);
+            !sessions.is_empty()
+        });
+        claimed.entry(from.clone()).or_default().push((now, client.clone()));
+    }
+
     /// How long a peer may take to find this node dead (without a heartbeat timeout, the TCP
     /// health check finds it at once; 10 s is assumed).
     pub fn detection_time(&self) -> Duration {
@@ -599,15 +618,7 @@ impl Cluster {
     /// What a session that `from` handed over here waits for before it takes messages that
     /// other nodes send here directly (see `broker::handover`); `None` if nothing.
     pub fn hold_order(&self, client: &Arc<str>, from: &NodeId) -> Option<HoldOrder> {
-        let now = Instant::now();
-        {
-            let mut claimed = lock(&self.claimed_from);
-            claimed.retain(|_, sessions| {
-                sessions.retain(|(at, _)| now.duration_since(*at) < handed::WINDOW);
-                !sessions.is_empty()
-            });
-            claimed.entry(from.clone()).or_default().push((now, client.clone()));
-        }
+        self.handed_here(client, from);
         if self.peer_version(from) < 7 {
             return None;
         }
@@ -968,6 +979,11 @@ impl Cluster {
     /// Returns the new local route filters.
     fn promote_orphans(self: &Arc<Self>, gone: &NodeId) -> Vec<String> {
         let started = Instant::now();
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for (client, backups, whole) in lock(&self.replicas).copies_of(gone) {
+                tracing::debug!(%client, ?backups, whole, "a copy of a session of the node that went");
+            }
+        }
         let clients = lock(&self.replicas).orphans(&self.me, &self.alive_set());
         let (handed_back, clients): (Vec<Arc<str>>, Vec<Arc<str>>) = {
             let replicas = lock(&self.replicas);
@@ -975,6 +991,10 @@ impl Cluster {
         };
         for client in handed_back {
             self.keep_handed_back_copy(client);
+        }
+        let aside = lock(&self.replicas).take_aside_of(gone);
+        for (client, replica) in aside {
+            self.keep_copy_for_merge(client, replica);
         }
         let replicas: Vec<(Arc<str>, Replica)> = clients
             .into_iter()
@@ -989,6 +1009,17 @@ impl Cluster {
             .into_iter()
             .filter(|n| n != gone && self.peer_version(n) >= 7)
             .collect();
+        // Sessions of `gone` that our connections took from their copies here already.
+        // Sessions of `gone` that are here without this takeover: taken from their copies by our
+        // connections (or other nodes' ones, through us) already, or handed to us by `gone`
+        // itself moments ago (a claim or a merge; it may have died before it redirected what
+        // it got for them). The forwards it never acknowledged are for them too.
+        let mut claimed: HashSet<Arc<str>> = lock(&self.adopted_from).get(gone).cloned().unwrap_or_default();
+        if let Some(handed) = lock(&self.claimed_from).remove(gone) {
+            claimed.extend(handed.into_iter().map(|(_, client)| client));
+        }
+        let claimed_here = !claimed.is_empty();
+        let mut flushed: Vec<Message> = Vec::new();
         let mut holds: Vec<(Arc<str>, u64)> = Vec::new();
         let hold = |client: &Arc<str>| {
             if markers_from.is_empty() {
@@ -1015,7 +1046,8 @@ impl Cluster {
                 }
                 // Under the broker lock, then the route table's: no publish in between.
                 let routes = write(&self.routes);
-                let out = lock(&self.takeovers).reported(gone, &self.me, !adopted.is_empty(), &mut || self.next_seq());
+                let adopted_any = !adopted.is_empty() || claimed_here;
+                let out = lock(&self.takeovers).reported(gone, &self.me, adopted_any, &mut || self.next_seq());
                 let mut messages = Vec::new();
                 for flush in &out.flush {
                     if flush.to == self.me {
@@ -1025,22 +1057,36 @@ impl Cluster {
                 }
                 self.settle(out);
                 drop(routes);
+                if claimed_here {
+                    flushed.clone_from(&messages);
+                }
                 messages
             },
             hold,
         );
+        // The sessions our connections (or other nodes' ones, through us) took from their
+        // copies here before this takeover get those messages too, where they are now.
+        let mut tickets = vec![ticket];
+        let mut redirected = Vec::new();
+        for message in flushed {
+            redirected.extend(self.redirect_handed_among(&message, &claimed));
+            tickets.push(self.broker.publish_to_clients(message, &claimed));
+        }
         if !local.is_empty() {
             // Released once stored here and at the adopted sessions' backups.
             let cluster = self.clone();
             tokio::spawn(async move {
-                if let Some(store) = cluster.broker.store()
-                    && ticket > 0
-                    && let Err(e) = store.wait(ticket).await
-                {
-                    tracing::error!("parked messages for adopted sessions were not stored: {e}");
-                    return;
+                for ticket in tickets {
+                    if let Some(store) = cluster.broker.store()
+                        && ticket > 0
+                        && let Err(e) = store.wait(ticket).await
+                    {
+                        tracing::error!("parked messages for adopted sessions were not stored: {e}");
+                        return;
+                    }
+                    cluster.wait_replicated(ticket, Kind::Session).await;
                 }
-                cluster.wait_replicated(ticket, Kind::Session).await;
+                cluster.wait_requests(&redirected).await;
                 for child in local {
                     let out = lock(&cluster.takeovers).acked(child);
                     cluster.settle(out);
@@ -1056,17 +1102,15 @@ impl Cluster {
                 }
             }
         }
-        // The forwards `gone` never acknowledged go to the sessions it handed to our connections
-        // moments ago as well: it may have left before it redirected them.
+        // The forwards `gone` never acknowledged go to those sessions as well (see `claimed`).
         let mut heirs = adopted;
-        if let Some(claimed) = lock(&self.claimed_from).remove(gone) {
-            heirs.extend(claimed.into_iter().map(|(_, client)| client));
-        }
+        heirs.extend(claimed);
         lock(&self.adopted_from).entry(gone.clone()).or_default().extend(heirs);
+        let reported = sessions + usize::from(claimed_here);
         self.broadcast(&wire::Message::TakeoverDone {
             gone: gone.to_string(),
             filters: filters.clone(),
-            sessions: u32::try_from(sessions).unwrap_or(u32::MAX),
+            sessions: u32::try_from(reported).unwrap_or(u32::MAX),
         });
         // Behind the report: each peer's marker comes back behind its takeover forwards.
         for (client, token) in holds {
@@ -1096,6 +1140,11 @@ impl Cluster {
             return;
         };
         self.broker.submit(vec![StoreOp::ReplicaDelete(client.clone())]);
+        self.keep_copy_for_merge(client, replica);
+    }
+
+    /// See [`Cluster::keep_handed_back_copy`] (also for a copy set aside, see `Replicas`).
+    fn keep_copy_for_merge(&self, client: Arc<str>, replica: Replica) {
         tracing::info!(%client, node = %replica.home, "the copy of a session its node was handing back when it died: merged where the session went once the takeover is over");
         let export = replica_export(&replica);
         lock(&self.merge_acks).orphaned(client, replica.home, export, Instant::now());
@@ -1296,14 +1345,25 @@ impl Cluster {
     ) -> Result<Claimed, ClaimRefused> {
         // The session comes back here if we handed it away moments ago: no more redirects.
         lock(&self.handed).forget(client);
-        let first = self.claim_round(client, stamp, clean_start, &[]).await?;
+        // Nodes we saw go lately count as gone for the peers too, in case they have not noticed
+        // yet: the heir of a dead node's session hands over its copy even so.
+        let mut gone = self.recently_down();
+        let first = self.claim_round(client, stamp, clean_start, &gone).await?;
         if first.export.is_some() || first.gone.is_empty() {
             return Ok(first);
         }
         // A node went away before it answered (it was leaving, or died): its sessions' heirs
         // are asked again, told so, in case they have not noticed yet.
         tracing::debug!(%client, gone = ?first.gone, "asking for the session again");
-        self.claim_round(client, stamp, clean_start, &first.gone).await
+        gone.extend(first.gone);
+        self.claim_round(client, stamp, clean_start, &gone).await
+    }
+
+    /// Nodes that went down (or left) within [`RECENTLY_DOWN`] and are not back.
+    fn recently_down(&self) -> Vec<NodeId> {
+        let mut down = lock(&self.down_at);
+        down.retain(|_, at| at.elapsed() < RECENTLY_DOWN);
+        down.keys().cloned().collect()
     }
 
     /// One round of [`Cluster::claim_session`]: every live peer is asked; `gone` are nodes to
@@ -1316,7 +1376,15 @@ impl Cluster {
         gone: &[NodeId],
     ) -> Result<Claimed, ClaimRefused> {
         // Our own copy, if its home is gone and we are its heir (not yet promoted).
-        let local = self.take_orphan_after(client, gone).map(|r| replica_export(&r));
+        let local = self.take_orphan_after(client, gone).map(|r| {
+            // Taken before our takeover of its home: what the home's forwards left behind
+            // reaches it as the rest of that takeover's adopted sessions (see `promote_orphans`).
+            lock(&self.adopted_from)
+                .entry(r.home.clone())
+                .or_default()
+                .insert(Arc::from(client));
+            replica_export(&r)
+        });
         let peers = self.alive_peers();
         if peers.is_empty() {
             return Ok(Claimed {
@@ -1954,6 +2022,7 @@ impl Core {
             wire::Message::SessionMerge { client, export } => match export {
                 Some(export) => {
                     let ticket = cluster.broker.merge_session(&client, export);
+                    cluster.handed_here(&Arc::from(client.as_str()), &node);
                     cluster.ack_merge(&node, &client, Some(ticket));
                     // Ours again, if we had handed it away: no more redirects for it.
                     lock(&cluster.handed).forget(&client);
@@ -1986,7 +2055,9 @@ impl Core {
                 cluster.kept_merge(&client, next);
             }
             wire::Message::SessionHandedBack { client, to } => {
-                lock(&cluster.replicas).mark_handed_back(&node, &client, Arc::from(to.as_str()));
+                if lock(&cluster.replicas).mark_handed_back(&node, &client, Arc::from(to.as_str())) {
+                    tracing::info!(%client, home = %node, %to, "keeping the copy of a session handed back until it is merged");
+                }
             }
             wire::Message::HandBacksDone => {
                 let ended = self.merge_holds.handed_back(&node, now_instant());
@@ -2066,6 +2137,7 @@ impl Core {
                     );
                 }
                 tracing::info!(%node, "node joined the cluster ({})", self.membership.address_of(&node).unwrap_or("?"));
+                lock(&self.cluster.down_at).remove(&node);
                 lock(&self.cluster.adopted_from).remove(&node);
                 let adopted = lock(&self.cluster.taken_from).remove(&node);
                 self.publish_alive();
@@ -2113,9 +2185,12 @@ impl Core {
             }
             Change::Down { node, why } => {
                 tracing::warn!(%node, "node left the cluster: {why}");
+                lock(&self.cluster.down_at).insert(node.clone(), now_instant());
                 let outbox = self.cluster.outbox(&node);
                 outbox.reset.send_modify(|g| *g += 1);
                 if why != membership::LEFT {
+                    // What we queued for it is not for it when it comes back (see `Outbox`).
+                    outbox.epoch.fetch_add(1, Ordering::Relaxed);
                     outbox.close_inbound.send_modify(|g| *g += 1);
                 }
                 let mut peers: HashSet<NodeId> = self

@@ -95,6 +95,9 @@ pub struct Replicas {
     /// (`SessionHandedBack`), with that node: kept until the merge is acknowledged, and not
     /// adopted if the home dies meanwhile (see `merge_acks`). In memory only.
     handed_back: HashMap<Arc<str>, NodeId>,
+    /// Marked copies set aside when the session's new home sent its own (`Reset`): still kept
+    /// until their old home says the merge is done, or dies. In memory only.
+    aside: HashMap<Arc<str>, Replica>,
 }
 
 impl Replicas {
@@ -116,17 +119,32 @@ impl Replicas {
         let mut store = Vec::new();
         for op in ops {
             if let SessionOp::Reset { backups } = &op {
-                self.handed_back.remove(client);
+                tracing::debug!(%client, %from, ?backups, "a session copy starts");
+                if self.handed_back.remove(client).is_some()
+                    && let Some(old) = self.map.remove(client)
+                    && old.home != *from
+                {
+                    tracing::debug!(%client, home = %old.home, "a copy being handed back is set aside");
+                    self.aside.insert(client.clone(), old);
+                }
                 let mut replica = Replica::new(from.clone());
                 replica.backups = backups.iter().map(|b| Arc::from(b.as_str())).collect();
                 self.map.insert(client.clone(), replica);
                 store.push(StoreOp::ReplicaReset(client.clone(), from.clone(), backups.clone()));
                 continue;
             }
-            let replica = self
-                .map
-                .entry(client.clone())
-                .or_insert_with(|| Replica::new(from.clone()));
+            // A copy starts with the home's `Reset`: ops for a copy we do not hold are late ones
+            // (queued to us before a partition, say, while we took the session over). A copy
+            // made of them would lack the session and still name us its heir.
+            // The old home's "forget it" ends a copy set aside.
+            if matches!(op, SessionOp::DeleteSession) && self.aside.get(client).is_some_and(|r| r.home == *from) {
+                tracing::debug!(%client, %from, "a copy set aside ends");
+                self.aside.remove(client);
+                continue;
+            }
+            let Some(replica) = self.map.get_mut(client) else {
+                continue;
+            };
             if replica.home != *from {
                 // An old home's late op: the copy belongs to another node now.
                 continue;
@@ -136,6 +154,7 @@ impl Replicas {
                 SessionOp::Backups(b) => replica.backups = b.iter().map(|b| Arc::from(b.as_str())).collect(),
                 SessionOp::PutSession(r) => replica.record = Some(r.clone()),
                 SessionOp::DeleteSession => {
+                    tracing::debug!(%client, %from, "a session copy ends");
                     self.map.remove(client);
                     self.handed_back.remove(client);
                     store.push(StoreOp::ReplicaDelete(client.clone()));
@@ -192,19 +211,47 @@ impl Replicas {
         clients
     }
 
+    /// Our copies of `home`'s sessions, with their backup lists and whether they are whole
+    /// (for the debug log of a takeover).
+    pub fn copies_of(&self, home: &NodeId) -> Vec<(Arc<str>, Vec<NodeId>, bool)> {
+        self.map
+            .iter()
+            .filter(|(_, r)| r.home == *home)
+            .map(|(c, r)| (c.clone(), r.backups.clone(), r.record.is_some()))
+            .collect()
+    }
+
     /// Removes a copy (it becomes a session here, or was handed to a connecting client).
     pub fn take(&mut self, client: &str) -> Option<Replica> {
+        tracing::debug!(%client, "a session copy is taken");
         self.handed_back.remove(client);
         self.map.remove(client)
     }
 
-    /// `from`, the home of our copy of `client`, is handing the session back to `to`.
-    pub fn mark_handed_back(&mut self, from: &NodeId, client: &str, to: NodeId) {
-        if let Some((key, replica)) = self.map.get_key_value(client)
-            && replica.home == *from
-        {
-            self.handed_back.insert(key.clone(), to);
+    /// `from`, the home of our copy of `client`, is handing the session back to `to`. Returns
+    /// whether we hold such a copy.
+    pub fn mark_handed_back(&mut self, from: &NodeId, client: &str, to: NodeId) -> bool {
+        match self.map.get_key_value(client) {
+            Some((key, replica)) if replica.home == *from => {
+                self.handed_back.insert(key.clone(), to);
+                true
+            }
+            _ => false,
         }
+    }
+
+    /// Takes the copies set aside (see `aside`) whose home is `home`.
+    pub fn take_aside_of(&mut self, home: &NodeId) -> Vec<(Arc<str>, Replica)> {
+        let clients: Vec<Arc<str>> = self
+            .aside
+            .iter()
+            .filter(|(_, r)| r.home == *home)
+            .map(|(c, _)| c.clone())
+            .collect();
+        clients
+            .into_iter()
+            .filter_map(|c| self.aside.remove(&c).map(|r| (c, r)))
+            .collect()
     }
 
     /// Whether our copy of `client` is one its home was handing back (see `mark_handed_back`).
@@ -475,6 +522,32 @@ mod tests {
         r.mark_handed_back(&to, "c1", home.clone());
         assert!(r.take("c1").is_some());
         assert!(!r.is_handed_back("c1"), "taken with its mark");
+    }
+
+    #[test]
+    fn a_copy_being_handed_back_is_set_aside_by_the_new_homes_copy_until_its_old_home_ends_it() {
+        let mut r = Replicas::default();
+        let c: Arc<str> = Arc::from("c1");
+        let (old, new) = (id("old"), id("new"));
+        let reset = || SessionOp::Reset {
+            backups: vec!["me".into()],
+        };
+        r.apply(&old, &c, vec![reset(), SessionOp::PutSession(record())]);
+        r.mark_handed_back(&old, "c1", new.clone());
+        r.apply(&new, &c, vec![reset(), SessionOp::PutSession(record())]);
+        assert_eq!(r.get("c1").unwrap().home, new, "the new home's copy is the copy");
+        assert!(!r.is_handed_back("c1"));
+        assert!(r.take_aside_of(&new).is_empty());
+        let aside = r.take_aside_of(&old);
+        assert_eq!(aside.len(), 1, "the old copy waits for the merge");
+        assert!(aside[0].1.record.is_some());
+        // Set aside again, then ended by its old home once the merge is acknowledged.
+        r.apply(&old, &c, vec![reset()]);
+        r.mark_handed_back(&old, "c1", new.clone());
+        r.apply(&new, &c, vec![reset()]);
+        r.apply(&old, &c, vec![SessionOp::DeleteSession]);
+        assert!(r.take_aside_of(&old).is_empty());
+        assert_eq!(r.get("c1").unwrap().home, new, "the new home's copy stays");
     }
 
     #[test]

@@ -219,9 +219,15 @@ type Frame = Arc<wire::Frame>;
 
 /// Messages queued for one node. Survives its connections.
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Frame>,
-    /// The queue, and a frame whose write failed, to be sent first on the next connection.
-    rx: tokio::sync::Mutex<(mpsc::UnboundedReceiver<Frame>, Option<Frame>)>,
+    tx: mpsc::UnboundedSender<(u64, Frame)>,
+    /// The queue, and a frame whose write failed, to be sent first on the next connection;
+    /// each with the epoch it was queued in.
+    #[allow(clippy::type_complexity)]
+    rx: tokio::sync::Mutex<(mpsc::UnboundedReceiver<(u64, Frame)>, Option<(u64, Frame)>)>,
+    /// Bumped when the node is declared down: what was queued before is dropped, not sent
+    /// when it comes back (a session copy made then would overwrite the one it holds now; the
+    /// rest is resent or taken over anyway).
+    pub epoch: std::sync::atomic::AtomicU64,
     /// Bytes queued and not yet written, to shed QoS 0 forwards to a slow peer.
     pub queued_bytes: std::sync::atomic::AtomicUsize,
     /// Bumped when the node is declared down: the connection in use is dropped and dialled
@@ -238,6 +244,7 @@ impl Outbox {
             tx,
             rx: tokio::sync::Mutex::new((rx, None)),
             queued_bytes: Default::default(),
+            epoch: Default::default(),
             reset: tokio::sync::watch::channel(0).0,
             close_inbound: tokio::sync::watch::channel(0).0,
         }
@@ -246,7 +253,8 @@ impl Outbox {
     pub fn push(&self, frame: Frame) {
         self.queued_bytes
             .fetch_add(frame.len(), std::sync::atomic::Ordering::Relaxed);
-        let _ = self.tx.send(frame);
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = self.tx.send((epoch, frame));
     }
 }
 
@@ -270,22 +278,25 @@ async fn send_loop<W: AsyncWrite + Unpin>(
     let beat = Arc::new(wire::frame(&wire::Message::Heartbeat));
     loop {
         let (rx, retry) = &mut *guard;
-        let frame = match retry.take() {
+        let (epoch, frame) = match retry.take() {
             Some(f) => f,
             None => tokio::select! {
                 f = rx.recv() => match f {
                     Some(f) => f,
                     None => return anyhow::anyhow!("outbox closed"),
                 },
-                _ = heartbeat.tick() => beat.clone(),
+                _ = heartbeat.tick() => (u64::MAX, beat.clone()),
             },
         };
+        // Queued before the node was declared down: not for the node that comes back.
+        let stale = epoch < outbox.epoch.load(std::sync::atomic::Ordering::Relaxed);
         // A message this peer's version does not know is not sent (see `wire::Downgrade`).
-        if let Some(bytes) = frame.bytes(version)
+        if !stale
+            && let Some(bytes) = frame.bytes(version)
             && let Err(e) = stream.write_all(bytes).await
         {
             // Kept for the next connection.
-            *retry = Some(frame);
+            *retry = Some((epoch, frame));
             return e.into();
         }
         if !Arc::ptr_eq(&frame, &beat) {
