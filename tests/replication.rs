@@ -1096,6 +1096,29 @@ async fn after_a_partition_heals_the_sessions_both_sides_kept_are_merged() {
     subscribers.finish("part/#", &check).await;
 }
 
+/// The cut of the fault-injection scenarios: node 1 apart from the other two until
+/// `publisher` had 100 more publishes acknowledged, then healed (every node sees three again).
+async fn cut_and_heal(net: &Net, nodes: &[Node], check: &Checker, publisher: &str) {
+    await_acks(check, 0, 100, "at the start").await;
+    net.split(0, true);
+    nodes[0].wait_size(1, START);
+    nodes[1].wait_size(2, START);
+    nodes[2].wait_size(2, START);
+    let before = check.acked_from(publisher);
+    let deadline = Instant::now() + START;
+    while check.acked_from(publisher) < before + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "{publisher}'s publishes stalled during the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    net.split(0, false);
+    for n in nodes {
+        n.wait_size(3, START);
+    }
+}
+
 /// A session copy handed back after a heal is kept until its home says it merged it (see
 /// `cluster::merge_acks`). Node 3 drops the copies handed back to it (fault injection: as if
 /// it died before it merged them) and is killed (SIGKILL) right after the heal. What node 1
@@ -1129,23 +1152,8 @@ async fn a_session_copy_handed_back_to_a_node_that_dies_before_merging_it_is_not
         &[(2, "APIARY_FAULT_IGNORE_SESSION_MERGE", "1")],
     )
     .await;
-    await_acks(&check, 0, 100, "at the start").await;
-
-    net.split(0, true);
-    nodes[0].wait_size(1, START);
-    nodes[1].wait_size(2, START);
-    nodes[2].wait_size(2, START);
-    // Node 1 took over the sessions of nodes 2 and 3; `alone`'s messages for them queue there.
-    let before = check.acked_from("alone");
-    let deadline = Instant::now() + START;
-    while check.acked_from("alone") < before + 100 {
-        assert!(Instant::now() < deadline, "alone's publishes stalled during the cut");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    net.split(0, false);
-    for n in &nodes {
-        n.wait_size(3, START);
-    }
+    // Node 1 takes over the sessions of nodes 2 and 3; `alone`'s messages for them queue there.
+    cut_and_heal(&net, &nodes, &check, "alone").await;
     nodes[0].wait_log_count("the copy goes to its other node", 2, START);
     nodes[2].wait_log("fault injection: a session copy handed back here is dropped", START);
     // What nodes 2 and 3 hand back to node 1 is merged there first: a sender that dies before
@@ -1214,23 +1222,8 @@ async fn a_session_copy_whose_sender_dies_before_it_is_out_is_not_lost() {
         &[(1, drop.0, drop.1), (2, drop.0, drop.1)],
     )
     .await;
-    await_acks(&check, 0, 100, "at the start").await;
-
-    net.split(0, true);
-    nodes[0].wait_size(1, START);
-    nodes[1].wait_size(2, START);
-    nodes[2].wait_size(2, START);
-    // Nodes 2 and 3 took over `drop-0`; `many`'s messages for it queue at its heir.
-    let before = check.acked_from("many");
-    let deadline = Instant::now() + START;
-    while check.acked_from("many") < before + 100 {
-        assert!(Instant::now() < deadline, "many's publishes stalled during the cut");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    net.split(0, false);
-    for n in &nodes {
-        n.wait_size(3, START);
-    }
+    // Nodes 2 and 3 take over `drop-0`; `many`'s messages for it queue at its heir.
+    cut_and_heal(&net, &nodes, &check, "many").await;
     let text = "fault injection: the session copy handed back is not sent";
     let sender = 1 + wait_any_log(&[&nodes[1], &nodes[2]], text, START);
     let other = 3 - sender;

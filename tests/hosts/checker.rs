@@ -117,6 +117,18 @@ impl Checker {
             .collect()
     }
 
+    /// Asserts that none of the first `n` acknowledged messages matching `filter` is missing at
+    /// `subscriber`.
+    fn assert_none_missing(&self, subscriber: &str, filter: &str, n: usize) {
+        let missing = self.missing_among_first(subscriber, filter, n);
+        assert!(
+            missing.is_empty(),
+            "{subscriber}: {} acknowledged message(s) never arrived, first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+
     /// Asserts every promise for `subscriber` (a persistent subscriber of `filter` since before
     /// the first publish): nothing acknowledged missing, QoS 2 exactly once, order per
     /// publisher and topic. Returns the number of deliveries and of duplicates.
@@ -126,13 +138,7 @@ impl Checker {
 
     /// [`Checker::check_subscriber`], with only the first `n` acknowledged publishes required.
     pub fn check_subscriber_up_to(&self, subscriber: &str, filter: &str, n: usize) -> (usize, usize) {
-        let missing = self.missing_among_first(subscriber, filter, n);
-        assert!(
-            missing.is_empty(),
-            "{subscriber}: {} acknowledged message(s) never arrived, first {:?}",
-            missing.len(),
-            &missing[..missing.len().min(10)]
-        );
+        self.assert_none_missing(subscriber, filter, n);
         let s = self.lock();
         let deliveries = s.delivered.get(subscriber).cloned().unwrap_or_default();
         let mut seen: HashSet<&Key> = HashSet::new();
@@ -159,13 +165,7 @@ impl Checker {
     /// for a subscriber whose session's copies were merged after a node failure, where order and
     /// QoS 2 exactly once are not promised. Returns the number of deliveries and of duplicates.
     pub fn check_nothing_missing(&self, subscriber: &str, filter: &str) -> (usize, usize) {
-        let missing = self.missing(subscriber, filter);
-        assert!(
-            missing.is_empty(),
-            "{subscriber}: {} acknowledged message(s) never arrived, first {:?}",
-            missing.len(),
-            &missing[..missing.len().min(10)]
-        );
+        self.assert_none_missing(subscriber, filter, usize::MAX);
         let s = self.lock();
         let deliveries = s.delivered.get(subscriber).cloned().unwrap_or_default();
         let distinct: HashSet<&Key> = deliveries.iter().map(|(k, _)| k).collect();
