@@ -73,6 +73,15 @@ impl Net {
             subnet,
             hosts: Vec::new(),
         };
+        // Left over by an earlier run with the same process id that was killed before it could
+        // clean up (seen: "ip link add …br: File exists").
+        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+        for i in 1..=n {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &format!("{tag}n{i}")])
+                .output();
+            let _ = Command::new("ip").args(["link", "del", &format!("{tag}v{i}")]).output();
+        }
         ip(&["link", "add", &bridge, "type", "bridge"]);
         ip(&["addr", "add", &format!("10.231.{subnet}.254/24"), "dev", &bridge]);
         ip(&["link", "set", &bridge, "up"]);
