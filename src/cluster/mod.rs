@@ -1009,7 +1009,6 @@ impl Cluster {
             .into_iter()
             .filter(|n| n != gone && self.peer_version(n) >= 7)
             .collect();
-        // Sessions of `gone` that our connections took from their copies here already.
         // Sessions of `gone` that are here without this takeover: taken from their copies by our
         // connections (or other nodes' ones, through us) already, or handed to us by `gone`
         // itself moments ago (a claim or a merge; it may have died before it redirected what
