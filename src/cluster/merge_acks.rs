@@ -206,6 +206,18 @@ mod tests {
         }
     }
 
+    /// Copy `c` (backup `b`) sent to `home`, which died; its takeover over, the copy is
+    /// offered to `b` and `d`.
+    fn offered_to_b_and_d() -> (MergeAcks, Instant) {
+        let mut acks = MergeAcks::default();
+        let now = Instant::now();
+        acks.sent(Arc::from("c"), id("home"), export(1), vec![id("b")]);
+        acks.node_gone(&id("home"), now);
+        let offers = acks.takeover_over(Some(&id("home")), now, &[id("b"), id("d")]);
+        assert_eq!(offers, vec![(Arc::from("c"), Next::Offer(vec![id("b"), id("d")]))]);
+        (acks, now)
+    }
+
     #[test]
     fn an_acknowledged_merge_is_forgotten() {
         let mut acks = MergeAcks::default();
@@ -251,11 +263,7 @@ mod tests {
 
     #[test]
     fn a_copy_nobody_holds_becomes_the_session_here() {
-        let mut acks = MergeAcks::default();
-        let now = Instant::now();
-        acks.sent(Arc::from("c"), id("home"), export(1), vec![id("b")]);
-        acks.node_gone(&id("home"), now);
-        acks.takeover_over(Some(&id("home")), now, &[id("b"), id("d")]);
+        let (mut acks, now) = offered_to_b_and_d();
         assert_eq!(acks.answered("c", &id("b"), false), Next::Nothing);
         assert_eq!(
             acks.answered("c", &id("d"), false),
@@ -271,11 +279,7 @@ mod tests {
 
     #[test]
     fn an_offered_node_that_dies_is_waited_for_again_and_the_deadline_counts() {
-        let mut acks = MergeAcks::default();
-        let now = Instant::now();
-        acks.sent(Arc::from("c"), id("home"), export(1), vec![id("b")]);
-        acks.node_gone(&id("home"), now);
-        acks.takeover_over(Some(&id("home")), now, &[id("b"), id("d")]);
+        let (mut acks, now) = offered_to_b_and_d();
         assert_eq!(acks.answered("c", &id("b"), false), Next::Nothing);
         acks.node_gone(&id("d"), now);
         assert_eq!(
